@@ -1,0 +1,64 @@
+"""Stage export: export + compress one model variant into models/<model>/<variant> (an openvino-genai folder).
+
+    python -m stages.export --model NAME --variant NAME
+"""
+from __future__ import annotations
+
+import argparse
+
+from stages.common import artifact_dir, checkpoint_dir, dir_size, file_inventory, log, read_json, setup_logging, \
+    write_json
+from stages.evalsets import calibration_samples
+from stages.families import get_family
+from stages.params import Params, load_params
+from stages.recipe_checks import postcheck, precheck_group_size
+
+
+class ExportError(SystemExit):
+    pass
+
+
+def export(params: Params, model: str, variant_name: str) -> dict:
+    from stages.common import atomic_dir
+
+    spec, variant = params.models[model], params.variants[variant_name]
+    family = get_family(spec.family)
+    checkpoint = checkpoint_dir(model)
+    if not (checkpoint / "manifest.json").is_file():
+        raise ExportError(f"{checkpoint}: no fetched checkpoint for '{model}'; run `dvc repro fetch@{model}`")
+    precheck_group_size(checkpoint, variant, variant_name)
+    calibration = calibration_samples(variant.dataset) if variant.dataset else None
+    with atomic_dir(artifact_dir(model, variant_name)) as tmp:
+        log.info("exporting %s / %s (%s)", model, variant_name, variant.model_dump(exclude_defaults=True))
+        family.export(checkpoint, variant, tmp, calibration, spec.trust_remote_code)
+        checked = postcheck(family.main_ir(tmp), variant, variant_name)
+        source = read_json(checkpoint / "manifest.json")
+        manifest = {
+            "model": model, "variant": variant_name, "family": spec.family, "target": variant.target,
+            "recipe": variant.model_dump(exclude={"target"}), **checked,
+            "source": {k: source.get(k) for k in ("source", "requested_revision", "resolved_revision", "license")},
+            "size_bytes": dir_size(tmp), "files": file_inventory(tmp),
+        }
+        write_json(tmp / "manifest.json", manifest)
+    log.info("exported %s/%s: %.1f MB, weights %s", model, variant_name, manifest["size_bytes"] / 1e6,
+             manifest["weight_bitwidths"])
+    return manifest
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--variant", required=True)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    setup_logging()
+    params = load_params(args.params)
+    if args.model not in params.models:
+        raise ExportError(f"--model: '{args.model}' is not in {args.params} models")
+    if args.variant not in params.variants:
+        raise ExportError(f"--variant: '{args.variant}' is not in {args.params} variants")
+    export(params, args.model, args.variant)
+
+
+if __name__ == "__main__":
+    main()

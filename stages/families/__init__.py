@@ -1,0 +1,13 @@
+"""One place per model family: how to export it, run it on a device, and score it."""
+from __future__ import annotations
+
+from stages.families.base import Family
+from stages.families.llm import LLMFamily
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLMFamily(),)}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise SystemExit(f"family: unknown family '{name}' (known: {', '.join(FAMILIES)})")
+    return FAMILIES[name]

