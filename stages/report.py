@@ -1,0 +1,106 @@
+"""Stage report: one Markdown summary of every artifact, and DVC plot data (accuracy vs size).
+
+    python -m stages.report
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tabulate import tabulate
+
+from stages.common import METRICS, artifact_dir, read_json, setup_logging, write_json, write_text
+from stages.gate import GATE_PATH
+from stages.params import Params, Variant, load_params
+
+REPORT_PATH = Path("reports") / "summary.md"
+PLOTS_DIR = METRICS / "plots"
+
+
+def recipe_label(v: Variant) -> str:
+    if v.weight_format == "fp16":
+        return "fp16"
+    parts = [v.weight_format, "sym" if v.sym else "asym"]
+    if v.weight_format == "int4":
+        parts.append("channel-wise" if v.group_size == -1 else f"g{v.group_size}")
+        if v.ratio is not None and v.ratio < 1:
+            parts.append(f"r{v.ratio:g}")
+        parts += [n for n, on in (("awq", v.awq), ("se", v.scale_estimation)) if on]
+    return " ".join(parts)
+
+
+def fmt(x, spec=".4g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def gate_status(gate: dict, name: str) -> str:
+    statuses = {r["status"] for r in gate["rows"] if r["artifact"] == name}
+    return "FAIL" if "fail" in statuses else "NOT VALIDATED" if "not_validated" in statuses else \
+        "pass" if statuses else "no rule"
+
+
+def artifact_rows(params: Params, gate: dict) -> list[dict]:
+    rows = []
+    for family, build in params.builds().items():
+        for model in build.models:
+            for variant in build.variants:
+                name = f"{model}/{variant}"
+                record = read_json(METRICS / "validate" / model / f"{variant}.json")
+                metrics = gate["artifacts"].get(name, {}).get("metrics", {})
+                proxy = record.get("proxy")
+                rows.append({
+                    "artifact": name, "family": family, "target": params.variants[variant].target,
+                    "recipe": recipe_label(params.variants[variant]),
+                    "size_mb": read_json(artifact_dir(model, variant) / "manifest.json")["size_bytes"] / 1e6,
+                    "status": record["status"], "gate": gate_status(gate, name), "metrics": metrics,
+                    "proxy_metrics": proxy["metrics"] if proxy else {}, "proxy_device": proxy and proxy["device"],
+                })
+    return rows
+
+
+def metric_cell(row: dict, key: str) -> str:
+    if key in row["metrics"]:
+        return fmt(row["metrics"][key])
+    if key in row["proxy_metrics"]:
+        return f"({fmt(row['proxy_metrics'][key])} on {row['proxy_device']})"
+    return "-"
+
+
+def markdown(rows: list[dict], gate: dict) -> str:
+    keys = ["perplexity", "generation_similarity", "tpot_ms"]
+    body = tabulate([[r["artifact"], r["recipe"], r["target"], f"{r['size_mb']:.1f}",
+                      *[metric_cell(r, k) for k in keys], r["status"], r["gate"]] for r in rows],
+                    headers=["artifact", "recipe", "target", "size MB", *keys, "validation", "gate"],
+                    tablefmt="github")
+    notes = ["Values in parentheses were measured on a proxy device because the target device is absent; "
+             "they are not a validation on the target.", f"Gate mode: {gate['mode']}; counts: {gate['counts']}."]
+    return "# Artifact report\n\n" + body + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def plot_points(rows: list[dict]) -> list[dict]:
+    points = []
+    for r in rows:
+        metrics = r["metrics"] or r["proxy_metrics"]
+        if "perplexity" in metrics:
+            points.append({"artifact": r["artifact"], "size_mb": round(r["size_mb"], 2),
+                           "perplexity": metrics["perplexity"], "measured_on": r["target"] if r["metrics"]
+                           else r["proxy_device"]})
+    return points
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    setup_logging()
+    params = load_params(args.params)
+    gate = read_json(GATE_PATH)
+    rows = artifact_rows(params, gate)
+    write_json(PLOTS_DIR / "llm_accuracy_vs_size.json", plot_points([r for r in rows if r["family"] == "llm"]))
+    text = markdown(rows, gate)
+    write_text(REPORT_PATH, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

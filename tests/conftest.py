@@ -1,0 +1,81 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+EVAL_TEXT = ("The committee met on Tuesday to discuss the budget. After a long debate, the members agreed "
+             "that the library should stay open on weekends, and that the new reading room would be finished "
+             "before winter. Everyone went home tired but satisfied. ") * 6
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from stages.tiny import tiny_llm
+
+    return tiny_llm(tmp_path_factory.mktemp("tiny") / "tiny-llm")
+
+
+def tiny_params(checkpoint: Path, text_file: Path) -> dict:
+    return {
+        "models": {"tiny": {"family": "llm", "source": {"type": "local", "path": str(checkpoint)}}},
+        "variants": {
+            "fp16": {"weight_format": "fp16"},
+            "int8": {"weight_format": "int8"},
+            "int4": {"weight_format": "int4", "group_size": 32, "sym": False, "ratio": 1.0},
+            "int4-npu": {"weight_format": "int4", "target": "NPU", "group_size": -1, "sym": True},
+        },
+        "eval_sets": {"text": {"path": str(text_file), "max_chars": 2000}},
+        "llm": {"models": ["tiny"], "variants": ["fp16", "int8", "int4", "int4-npu"], "reference": "fp16"},
+        "validate": {"inference_precision": "f32", "proxy_device": "CPU",
+                     "llm": {"eval_set": "text", "context_length": 64, "max_tokens": 256, "max_new_tokens": 8,
+                             "prompts": ["Paris is", "def main():"]}},
+        "gate": {"mode": "dev", "rules": [
+            {"family": "llm", "metric": "perplexity", "max": 1e9},
+            {"family": "llm", "metric": "perplexity", "variants": ["int8"], "max_increase_pct": 50},
+        ]},
+    }
+
+
+@pytest.fixture
+def project(tmp_path, tiny_checkpoint):
+    """A throw-away copy of the pipeline (dvc.yaml + stages/) on the tiny model, as a git + DVC repo; cwd set."""
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copytree(REPO / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    text = tmp_path / "eval.txt"
+    text.write_text(EVAL_TEXT)
+    write_params(tmp_path, tiny_params(tiny_checkpoint, text))
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"],
+                ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(cwd)
+
+
+def write_params(root: Path, params: dict) -> Path:
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def run_stage(*args, cwd=None, check=True, env=None):
+    """Run `python -m stages.<...>` as DVC would; returns the CompletedProcess."""
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def assert_nothing_written(root: Path) -> None:
+    """No file (and no leftover temp folder) below root."""
+    leftovers = [p for p in root.rglob("*") if p.is_file() or ".tmp-" in p.name] if root.exists() else []
+    assert not leftovers, f"half-written output left behind: {leftovers[:5]}"

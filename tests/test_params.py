@@ -1,0 +1,88 @@
+import copy
+
+import pytest
+
+from stages.params import ParamsError, load_params
+from tests.conftest import REPO, tiny_params, write_params
+
+
+def test_shipped_params_and_hub_example_validate():
+    assert "smollm2-135m" in load_params(REPO / "params.yaml").models
+    hub = load_params(REPO / "configs" / "hub-models.yaml")
+    assert all(m.source.type == "hub" for m in hub.models.values())
+
+
+@pytest.fixture
+def base(tmp_path):
+    return tiny_params(tmp_path / "ckpt", tmp_path / "t.txt")
+
+
+def error_for(tmp_path, params) -> str:
+    with pytest.raises(ParamsError) as e:
+        load_params(write_params(tmp_path, params))
+    return str(e.value)
+
+
+def test_unknown_key_is_named(tmp_path, base):
+    base["variants"]["int8"]["gropu_size"] = 64
+    assert error_for(tmp_path, base).endswith("variants.int8.gropu_size: unknown key")
+
+
+def test_wrong_type_is_named(tmp_path, base):
+    base["variants"]["int4"]["group_size"] = "big"
+    assert "variants.int4.group_size:" in error_for(tmp_path, base)
+
+
+def test_npu_refuses_asymmetric_or_groupwise_int4(tmp_path, base):
+    bad = copy.deepcopy(base)
+    bad["variants"]["int4-npu"]["sym"] = False
+    assert "variants.int4-npu: target NPU: int4 must be channel-wise symmetric" in error_for(tmp_path, bad)
+    bad = copy.deepcopy(base)
+    bad["variants"]["int4-npu"]["group_size"] = 64
+    assert "group_size=64" in error_for(tmp_path, bad)
+
+
+def test_fp16_with_compression_options_refused(tmp_path, base):
+    base["variants"]["fp16"]["group_size"] = 64
+    assert "variants.fp16: weight_format fp16 takes no compression options, got group_size" in error_for(tmp_path, base)
+
+
+def test_int4_needs_group_size_and_scale_estimation_needs_data(tmp_path, base):
+    del base["variants"]["int4"]["group_size"]
+    assert "variants.int4.group_size: int4 needs an explicit group size" in error_for(tmp_path, base)
+    base["variants"]["int4"].update(group_size=32, scale_estimation=True)
+    assert "variants.int4.scale_estimation: needs `dataset`" in error_for(tmp_path, base)
+
+
+def test_cross_references(tmp_path, base):
+    bad = copy.deepcopy(base)
+    bad["llm"]["variants"].append("int3")
+    assert "llm.variants.4: unknown variant 'int3'" in error_for(tmp_path, bad)
+    bad = copy.deepcopy(base)
+    bad["llm"]["reference"] = "int8x"
+    assert "llm.reference: 'int8x' is not one of variants" in error_for(tmp_path, bad)
+    bad = copy.deepcopy(base)
+    bad["validate"]["llm"]["eval_set"] = "nope"
+    assert "validate.llm.eval_set: unknown eval set 'nope'" in error_for(tmp_path, bad)
+
+
+def test_hub_source_needs_revision(tmp_path, base):
+    base["models"]["tiny"]["source"] = {"type": "hub", "repo_id": "org/model"}
+    assert "models.tiny.source.revision: Field required" in error_for(tmp_path, base)
+
+
+def test_gate_rule_without_threshold(tmp_path, base):
+    base["gate"]["rules"].append({"metric": "perplexity"})
+    assert "gate.rules.2: rule for 'perplexity' sets no threshold" in error_for(tmp_path, base)
+
+
+def test_cli_prints_one_line_per_problem(tmp_path, base):
+    import subprocess, sys
+
+    base["variants"]["int8"]["bogus"] = 1
+    path = write_params(tmp_path, base)
+    proc = subprocess.run([sys.executable, "-m", "stages.fetch", "--model", "tiny", "--params", str(path)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == f"{path}: variants.int8.bogus: unknown key"
+    assert not (tmp_path / "models").exists()

@@ -1,0 +1,50 @@
+import json
+import math
+
+import pytest
+
+from tests.conftest import EVAL_TEXT, run_stage
+
+
+@pytest.fixture
+def exported(project):
+    run_stage("stages.evalsets")
+    run_stage("stages.fetch", "--model", "tiny")
+    for variant in ("fp16", "int4-npu"):
+        run_stage("stages.export", "--model", "tiny", "--variant", variant)
+    return project
+
+
+def test_cpu_artifact_gets_perplexity_and_generations(exported):
+    run_stage("stages.validate", "--model", "tiny", "--variant", "fp16")
+    record = json.loads((exported / "metrics/validate/tiny/fp16.json").read_text())
+    assert record["status"] == "validated" and record["target_device"] == "CPU"
+    assert record["inference_precision"] == "f32"
+    ppl = record["metrics"]["perplexity"]
+    # a random-init model is close to uniform over its vocabulary: perplexity near the vocab size, finite
+    vocab = json.loads((exported / "models/tiny/checkpoint/config.json").read_text())["vocab_size"]
+    assert math.isfinite(ppl) and vocab / 4 < ppl < vocab * 4
+    assert record["metrics"]["eval_tokens"] > 100
+    outputs = json.loads((exported / "outputs/tiny/fp16/outputs.json").read_text())
+    assert [g["prompt"] for g in outputs["generations"]] == ["Paris is", "def main():"]
+
+
+def test_absent_target_device_is_not_validated_with_proxy_numbers(exported):
+    run_stage("stages.validate", "--model", "tiny", "--variant", "int4-npu")
+    record = json.loads((exported / "metrics/validate/tiny/int4-npu.json").read_text())
+    assert record["status"] == "not_validated"
+    assert "target device NPU is not present" in record["reason"]
+    assert record["metrics"] == {}
+    assert record["proxy"]["device"] == "CPU" and record["proxy"]["metrics"]["perplexity"] > 0
+
+
+def test_adhoc_cli_scores_any_ir_on_any_text(exported, tmp_path):
+    text = tmp_path / "any.txt"
+    text.write_text(EVAL_TEXT)
+    proc = run_stage("stages.validate", "--artifact", "models/tiny/fp16", "--device", "CPU", "--text", str(text))
+    result = json.loads(proc.stdout)
+    assert result["status"] == "validated" and result["metrics"]["perplexity"] > 1
+    proc = run_stage("stages.validate", "--artifact", "models/tiny/fp16", "--device", "NPU", "--text", str(text))
+    assert json.loads(proc.stdout)["status"] == "not_validated"
+    proc = run_stage("stages.validate", "--artifact", "models/nope", "--text", str(text), check=False)
+    assert proc.returncode != 0 and "--artifact: models/nope has no openvino_model.xml" in proc.stderr
