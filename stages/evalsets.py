@@ -68,6 +68,8 @@ def main(argv=None) -> None:
     params = load_params(args.params)
     built = {eval_text_path(n): slice_text(s, f"eval_sets.{n}") for n, s in params.eval_sets.items()}
     built |= {calibration_path(n): slice_text(s, f"calibration.{n}") for n, s in params.calibration.items()}
+    for folder in (DATA / "eval", DATA / "calibration"):  # declared outputs exist even when a set is empty
+        folder.mkdir(parents=True, exist_ok=True)
     for path, text in built.items():  # all read before any is written
         write_text(path, text)
         log.info("wrote %s (%d chars)", path, len(text))

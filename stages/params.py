@@ -173,7 +173,7 @@ class Params(Strict):
     models: dict[str, ModelSpec]
     variants: dict[str, Variant]
     eval_sets: dict[str, TextSet]
-    calibration: dict[str, TextSet] = {}
+    calibration: dict[str, TextSet]  # required key: dvc.yaml tracks it
     llm: FamilyBuild
     validate_: ValidateSettings = Field(alias="validate")
     gate: GateSettings

@@ -10,6 +10,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# DVC stage commands say `python`: make it this interpreter
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 EVAL_TEXT = ("The committee met on Tuesday to discuss the budget. After a long debate, the members agreed "
              "that the library should stay open on weekends, and that the new reading room would be finished "
              "before winter. Everyone went home tired but satisfied. ") * 6
@@ -32,6 +34,7 @@ def tiny_params(checkpoint: Path, text_file: Path) -> dict:
             "int4-npu": {"weight_format": "int4", "target": "NPU", "group_size": -1, "sym": True},
         },
         "eval_sets": {"text": {"path": str(text_file), "max_chars": 2000}},
+        "calibration": {},
         "llm": {"models": ["tiny"], "variants": ["fp16", "int8", "int4", "int4-npu"], "reference": "fp16"},
         "validate": {"inference_precision": "f32", "proxy_device": "CPU",
                      "llm": {"eval_set": "text", "context_length": 64, "max_tokens": 256, "max_new_tokens": 8,
@@ -43,21 +46,25 @@ def tiny_params(checkpoint: Path, text_file: Path) -> dict:
     }
 
 
+def scaffold(root: Path, params: dict) -> Path:
+    """A throw-away copy of the pipeline (dvc.yaml + stages/) with these params, as a git + DVC repo."""
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    write_params(root, params)
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"],
+                [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=root, check=True)
+    return root
+
+
 @pytest.fixture
-def project(tmp_path, tiny_checkpoint):
-    """A throw-away copy of the pipeline (dvc.yaml + stages/) on the tiny model, as a git + DVC repo; cwd set."""
-    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
-    shutil.copytree(REPO / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+def project(tmp_path, tiny_checkpoint, monkeypatch):
+    """The pipeline on the tiny model in a temporary repo; cwd set to it."""
     text = tmp_path / "eval.txt"
     text.write_text(EVAL_TEXT)
-    write_params(tmp_path, tiny_params(tiny_checkpoint, text))
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"],
-                ["dvc", "init", "-q"]):
-        subprocess.run(cmd, cwd=tmp_path, check=True)
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    yield tmp_path
-    os.chdir(cwd)
+    scaffold(tmp_path, tiny_params(tiny_checkpoint, text))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 def write_params(root: Path, params: dict) -> Path:

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.special import logsumexp
 from tqdm import tqdm
 
 from stages.families.base import Family, Validation
@@ -25,11 +26,9 @@ def window_nll(request, window: np.ndarray) -> tuple[float, int]:
     n = len(window)
     inputs = {"input_ids": window[None, :], "attention_mask": np.ones((1, n), dtype=np.int64),
               "position_ids": np.arange(n, dtype=np.int64)[None, :], "beam_idx": np.zeros(1, dtype=np.int32)}
-    logits = request.infer(inputs)["logits"][0, :-1].astype(np.float64)
-    # log-softmax by hand: OpenVINO returns raw logits and no library scores an OV request directly
-    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-    targets = window[1:]
-    return float((logz - logits[np.arange(n - 1), targets]).sum()), n - 1
+    logits = request.infer(inputs)["logits"][0, :-1]
+    nll = logsumexp(logits, axis=-1) - logits[np.arange(n - 1), window[1:]]
+    return float(nll.astype(np.float64).sum()), n - 1
 
 
 def perplexity(artifact: Path, text: str, device: str, precision: str, context_length: int,

@@ -1,0 +1,33 @@
+"""The shipped params.yaml through the whole pipeline on the real SmolLM2-135M weights (about 5 minutes)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, scaffold
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_pipeline_on_real_smollm2(tmp_path):
+    scaffold(tmp_path, yaml.safe_load((REPO / "params.yaml").read_text()))
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def metrics(variant):
+        return json.loads((tmp_path / f"metrics/validate/smollm2-135m/{variant}.json").read_text())
+
+    fp16, int8, int4 = (metrics(v)["metrics"]["perplexity"] for v in ("fp16", "int8", "int4-cpu"))
+    # a real 135M model on English prose: far below the uniform-guess perplexity of its 49k vocabulary
+    assert 10 < fp16 < 200
+    assert abs(int8 - fp16) / fp16 < 0.02
+    assert int4 > fp16 * 1.05, "int4 compression loss should be visible"
+    npu = metrics("int4-npu")
+    assert npu["status"] == "not_validated" and npu["proxy"]["metrics"]["perplexity"] > fp16
+    gens = json.loads((tmp_path / "outputs/smollm2-135m/fp16/outputs.json").read_text())["generations"]
+    assert "Paris" in gens[0]["output"]
+    gate = json.loads((tmp_path / "metrics/gate.json").read_text())
+    assert gate["passed"] and gate["counts"]["not_validated"] == 1
+    assert "smollm2-135m/int4-cpu" in (tmp_path / "reports/summary.md").read_text()
