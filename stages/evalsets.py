@@ -4,13 +4,12 @@
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import re
 from pathlib import Path
 
 from stages.common import DATA, log, setup_logging, write_text
-from stages.params import TextSet, load_params
+from stages.params import TextSet, load_stage_params, stage_parser
 
 
 class EvalSetError(SystemExit):
@@ -61,11 +60,9 @@ def calibration_samples(name: str, chars_per_sample: int = 1000) -> list[str]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
+    args = stage_parser(__doc__).parse_args(argv)
     setup_logging()
-    params = load_params(args.params)
+    params = load_stage_params(args)
     built = {eval_text_path(n): slice_text(s, f"eval_sets.{n}") for n, s in params.eval_sets.items()}
     built |= {calibration_path(n): slice_text(s, f"calibration.{n}") for n, s in params.calibration.items()}
     for folder in (DATA / "eval", DATA / "calibration"):  # declared outputs exist even when a set is empty

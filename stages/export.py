@@ -4,13 +4,11 @@
 """
 from __future__ import annotations
 
-import argparse
-
 from stages.common import artifact_dir, checkpoint_dir, dir_size, file_inventory, log, read_json, setup_logging, \
     write_json
 from stages.evalsets import calibration_samples
 from stages.families import get_family
-from stages.params import Params, load_params
+from stages.params import Params, load_stage_params, stage_parser
 from stages.recipe_checks import postcheck, precheck_group_size
 
 
@@ -46,18 +44,9 @@ def export(params: Params, model: str, variant_name: str) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--variant", required=True)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
+    args = stage_parser(__doc__, model=True, variant=True).parse_args(argv)
     setup_logging()
-    params = load_params(args.params)
-    if args.model not in params.models:
-        raise ExportError(f"--model: '{args.model}' is not in {args.params} models")
-    if args.variant not in params.variants:
-        raise ExportError(f"--variant: '{args.variant}' is not in {args.params} variants")
-    export(params, args.model, args.variant)
+    export(load_stage_params(args), args.model, args.variant)
 
 
 if __name__ == "__main__":

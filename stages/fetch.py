@@ -4,14 +4,13 @@
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import shutil
 from fnmatch import fnmatch
 from pathlib import Path
 
 from stages.common import atomic_dir, checkpoint_dir, file_inventory, log, setup_logging, write_json
-from stages.params import GGUFSource, HubSource, LocalSource, ModelSpec, load_params
+from stages.params import GGUFSource, HubSource, LocalSource, ModelSpec, load_stage_params, stage_parser
 
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle"]
 WEIGHT_PATTERNS = ("*.safetensors", "openvino_*.xml")
@@ -162,14 +161,9 @@ def fetch(name: str, spec: ModelSpec, out: Path) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
+    args = stage_parser(__doc__, model=True).parse_args(argv)
     setup_logging()
-    params = load_params(args.params)
-    if args.model not in params.models:
-        raise FetchError(f"--model: '{args.model}' is not in {args.params} models")
+    params = load_stage_params(args)
     fetch(args.model, params.models[args.model], checkpoint_dir(args.model))
 
 

@@ -6,7 +6,6 @@ Writes metrics/gate.json (also on failure, for CI to read) and exits non-zero on
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -16,7 +15,7 @@ from tabulate import tabulate
 from stages.common import METRICS, read_json, setup_logging, validation_metrics_path, validation_outputs_dir, \
     write_json
 from stages.families import get_family
-from stages.params import GateRule, Params, load_params
+from stages.params import GateRule, Params, load_stage_params, stage_parser
 
 GATE_PATH = METRICS / "gate.json"
 
@@ -116,11 +115,9 @@ def table(rows: list[Row], fmt: str = "simple") -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
+    args = stage_parser(__doc__).parse_args(argv)
     setup_logging()
-    params = load_params(args.params)
+    params = load_stage_params(args)
     rows, records = evaluate(params)
     failed = [r for r in rows if r.status == "fail"]
     summary = {

@@ -1,6 +1,7 @@
 """The one typed schema for params.yaml; every stage calls `load_params()` first."""
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -237,6 +238,27 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         return Params.model_validate(raw or {})
     except ValidationError as e:
         raise ParamsError(_format(e, path)) from None
+
+
+def stage_parser(doc: str, *, model: bool | str = False, variant: bool | str = False) -> argparse.ArgumentParser:
+    """The parser every stage starts from: --params, plus --model/--variant (required if True, optional if "optional")."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    if model:
+        ap.add_argument("--model", required=model is True)
+    if variant:
+        ap.add_argument("--variant", required=variant is True)
+    return ap
+
+
+def load_stage_params(args: argparse.Namespace) -> Params:
+    """Validate params.yaml and the --model/--variant names given on the command line."""
+    params = load_params(args.params)
+    for flag, known in (("model", params.models), ("variant", params.variants)):
+        name = getattr(args, flag, None)
+        if name is not None and name not in known:
+            raise ParamsError(f"--{flag}: '{name}' is not in {args.params} {flag}s")
+    return params
 
 
 if __name__ == "__main__":  # `python -m stages.params [FILE]` checks a params file

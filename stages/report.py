@@ -4,14 +4,13 @@
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from tabulate import tabulate
 
 from stages.common import METRICS, artifact_dir, read_json, setup_logging, write_json, write_text
 from stages.gate import GATE_PATH
-from stages.params import Params, Variant, load_params
+from stages.params import Params, Variant, load_stage_params, stage_parser
 
 REPORT_PATH = Path("reports") / "summary.md"
 PLOTS_DIR = METRICS / "plots"
@@ -89,11 +88,9 @@ def plot_points(rows: list[dict]) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
+    args = stage_parser(__doc__).parse_args(argv)
     setup_logging()
-    params = load_params(args.params)
+    params = load_stage_params(args)
     gate = read_json(GATE_PATH)
     rows = artifact_rows(params, gate)
     write_json(PLOTS_DIR / "llm_accuracy_vs_size.json", plot_points([r for r in rows if r["family"] == "llm"]))

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 from stages.common import (artifact_dir, available_devices, device_present, log, read_json, setup_logging,
                            validation_metrics_path, validation_outputs_dir, write_json)
 from stages.families import get_family
-from stages.params import Params, load_params
+from stages.params import Params, load_params, load_stage_params, stage_parser
 
 
 class ValidateError(SystemExit):
@@ -81,13 +80,10 @@ def adhoc(artifact: Path, device: str, text_file: Path, params_path: str) -> dic
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model")
-    ap.add_argument("--variant")
+    ap = stage_parser(__doc__, model="optional", variant="optional")
     ap.add_argument("--artifact", type=Path)
     ap.add_argument("--device", default="CPU")
     ap.add_argument("--text", type=Path)
-    ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     setup_logging()
     if args.artifact:
@@ -98,12 +94,7 @@ def main(argv=None) -> None:
         return
     if not (args.model and args.variant):
         raise ValidateError("give --model and --variant (pipeline) or --artifact and --text (ad hoc)")
-    params = load_params(args.params)
-    if args.model not in params.models:
-        raise ValidateError(f"--model: '{args.model}' is not in {args.params} models")
-    if args.variant not in params.variants:
-        raise ValidateError(f"--variant: '{args.variant}' is not in {args.params} variants")
-    validate(params, args.model, args.variant)
+    validate(load_stage_params(args), args.model, args.variant)
 
 
 if __name__ == "__main__":
