@@ -1,9 +1,12 @@
 import copy
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 from stages.params import ParamsError, load_params
-from tests.conftest import REPO, tiny_params, write_params
+from tests.conftest import REPO, assert_nothing_written, run_stage, scaffold, tiny_params, write_params
 
 
 def test_shipped_params_and_hub_example_validate():
@@ -77,8 +80,6 @@ def test_gate_rule_without_threshold(tmp_path, base):
 
 
 def test_cli_prints_one_line_per_problem(tmp_path, base):
-    import subprocess, sys
-
     base["variants"]["int8"]["bogus"] = 1
     path = write_params(tmp_path, base)
     proc = subprocess.run([sys.executable, "-m", "stages.fetch", "--model", "tiny", "--params", str(path)],
@@ -86,3 +87,22 @@ def test_cli_prints_one_line_per_problem(tmp_path, base):
     assert proc.returncode != 0
     assert proc.stderr.strip() == f"{path}: variants.int8.bogus: unknown key"
     assert not (tmp_path / "models").exists()
+
+
+def test_npu_refusal_through_export_cli_writes_nothing(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["variants"]["int4-npu"]["group_size"] = 64
+    write_params(project, params)
+    proc = run_stage("stages.export", "--model", "tiny", "--variant", "int4-npu", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().endswith("variants.int4-npu: target NPU: int4 must be channel-wise symmetric "
+                                        "(sym: true, group_size: -1); got sym=True, group_size=64")
+    assert_nothing_written(project / "models")
+
+
+def test_hub_example_builds_a_dag(tmp_path):
+    scaffold(tmp_path, yaml.safe_load((REPO / "configs/hub-models.yaml").read_text()))
+    proc = subprocess.run([sys.executable, "-m", "dvc", "dag"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "export-llm@qwen2.5-1.5b-instruct-int4-gpu" in proc.stdout
+    assert "fetch@phi-3-mini-4k-instruct" in proc.stdout
