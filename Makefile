@@ -14,7 +14,6 @@ all: setup repro
 
 repro:
 	$(VENV)/dvc repro
-	$(VENV)/dvc metrics show
 	cat reports/summary.md
 
 test: setup
@@ -22,3 +21,4 @@ test: setup
 
 bench: setup
 	$(VENV)/python benchmarks/llm_speed.py
+	$(VENV)/python benchmarks/whisper_speed.py

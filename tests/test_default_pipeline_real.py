@@ -1,4 +1,5 @@
-"""The shipped params.yaml through the whole pipeline on the real SmolLM2-135M weights (about 5 minutes)."""
+"""The shipped params.yaml through the whole pipeline on real weights: SmolLM2-135M and whisper tiny.en
+(whisper base is left to `make all` to keep the suite near 15 minutes)."""
 import json
 import subprocess
 import sys
@@ -12,12 +13,14 @@ pytestmark = pytest.mark.slow
 
 
 def test_default_pipeline_on_real_smollm2(tmp_path):
-    scaffold(tmp_path, yaml.safe_load((REPO / "params.yaml").read_text()))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["whisper"]["models"] = ["whisper-tiny-en"]
+    scaffold(tmp_path, params)
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    def metrics(variant):
-        return json.loads((tmp_path / f"metrics/validate/smollm2-135m/{variant}.json").read_text())
+    def metrics(variant, model="smollm2-135m"):
+        return json.loads((tmp_path / f"metrics/validate/{model}/{variant}.json").read_text())
 
     fp16, int8, int4 = (metrics(v)["metrics"]["perplexity"] for v in ("fp16", "int8", "int4-cpu"))
     # a real 135M model on English prose: far below the uniform-guess perplexity of its 49k vocabulary
@@ -28,6 +31,15 @@ def test_default_pipeline_on_real_smollm2(tmp_path):
     assert npu["status"] == "not_validated" and npu["proxy"]["metrics"]["perplexity"] > fp16
     gens = json.loads((tmp_path / "outputs/smollm2-135m/fp16/outputs.json").read_text())["generations"]
     assert "Paris" in gens[0]["output"]
+
+    whisper = metrics("fp16", "whisper-tiny-en")["metrics"]
+    assert whisper["wer_librivox"] <= 0.10  # real LibriVox recordings, Whisper-normalized
+    assert whisper["utterances_flite-slt"] >= 100 and whisper["wer_flite-slt"] < 0.3
+    hyps = json.loads((tmp_path / "outputs/whisper-tiny-en/fp16/outputs.json").read_text())["hypotheses"]
+    assert len(hyps["librivox"]) == 5 and all(h["hypothesis"] for h in hyps["librivox"])
+    assert metrics("int4-npu", "whisper-tiny-en")["status"] == "not_validated"
+
     gate = json.loads((tmp_path / "metrics/gate.json").read_text())
-    assert gate["passed"] and gate["counts"]["not_validated"] == 1
-    assert "smollm2-135m/int4-cpu" in (tmp_path / "reports/summary.md").read_text()
+    assert gate["passed"] and gate["counts"]["not_validated"] == 2
+    report = (tmp_path / "reports/summary.md").read_text()
+    assert "smollm2-135m/int4-cpu" in report and "wer_librivox" in report

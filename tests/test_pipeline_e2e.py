@@ -21,13 +21,14 @@ def ran(output):
 
 def test_repro_then_noop_then_only_changed_variant(project):
     out = dvc("repro", cwd=project)
-    expected = {"evalsets", "fetch@tiny", "gate", "report"} | {
+    expected = {"evalsets", "speechsets", "fetch@tiny", "gate", "report"} | {
         f"{s}-llm@tiny-{v}" for s in ("export", "validate") for v in ("fp16", "int8", "int4", "int4-npu")}
     assert ran(out) == expected
     report = (project / "reports/summary.md").read_text()
     assert "tiny/int4" in report and "NOT VALIDATED" in report
     plot = json.loads((project / "metrics/plots/llm_accuracy_vs_size.json").read_text())
     assert {p["artifact"] for p in plot} == {"tiny/fp16", "tiny/int8", "tiny/int4", "tiny/int4-npu"}
+    assert {p["metric"] for p in plot} == {"perplexity"}
 
     assert ran(dvc("repro", cwd=project)) == set()
 
@@ -36,4 +37,4 @@ def test_repro_then_noop_then_only_changed_variant(project):
     write_params(project, params)
     assert ran(dvc("repro", cwd=project)) == {"export-llm@tiny-int4", "validate-llm@tiny-int4", "gate", "report"}
     manifest = json.loads((project / "models/tiny/int4/manifest.json").read_text())
-    assert manifest["rt_info"]["group_size"] == "64"
+    assert manifest["rt_info"]["openvino_model.xml"]["group_size"] == "64"

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from stages.families.base import Family
 from stages.families.llm import LLMFamily
+from stages.families.whisper import WhisperFamily
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLMFamily(),)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLMFamily(), WhisperFamily())}
 
 
 def get_family(name: str) -> Family:

@@ -21,8 +21,6 @@ class Family:
     name: str = ""
     task: str = ""  # optimum task, e.g. text-generation-with-past
     library: str = "transformers"
-    # direction of each metric: "lower" or "higher" is better; used by the gate for relative thresholds
-    metric_directions: dict[str, str] = {}
 
     def export(self, checkpoint: Path, variant: Variant, out: Path, calibration: Optional[list[str]] = None,
                trust_remote_code: bool = False) -> None:
@@ -41,9 +39,13 @@ class Family:
             _main_quantize(str(checkpoint), task=self.task, library_name=self.library, quantization_config=qconfig,
                            output=out, cache_dir=None, trust_remote_code=trust_remote_code)
 
-    def main_ir(self, artifact: Path) -> Path:
-        """The IR whose rt_info carries the compression recipe."""
-        return artifact / "openvino_model.xml"
+    def compressed_irs(self, artifact: Path) -> list[Path]:
+        """The IRs NNCF compresses; each one's rt_info must carry the recipe."""
+        return [artifact / "openvino_model.xml"]
+
+    def report_metrics(self, params: Params) -> list[str]:
+        """The metric columns of this family's report table (the first is plotted against size)."""
+        return []
 
     def validate(self, artifact: Path, device: str, params: Params, precision: str) -> Validation:
         raise NotImplementedError

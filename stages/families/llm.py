@@ -76,7 +76,9 @@ def text_similarity(a: str, b: str) -> float:
 class LLMFamily(Family):
     name = "llm"
     task = "text-generation-with-past"
-    metric_directions = {"perplexity": "lower", "generation_similarity": "higher", "generation_exact_match": "higher"}
+
+    def report_metrics(self, params: Params) -> list[str]:
+        return ["perplexity", "generation_similarity", "tpot_ms"]
 
     def settings(self, params: Params) -> LLMValidation:
         return params.validate_settings.llm

@@ -1,0 +1,79 @@
+"""Strict draft/main tokenizer check: identical passes; each kind of mismatch fails with a readable diff."""
+import json
+
+import pytest
+
+from stages.tiny import tiny_tokenizer
+from stages.tokenizer_compat import check
+
+
+def save(tok, folder, with_ir=False):
+    tok.save_pretrained(folder)
+    if with_ir:
+        import openvino as ov
+        from openvino_tokenizers import convert_tokenizer
+
+        ov_tok, ov_detok = convert_tokenizer(tok, with_detokenizer=True)
+        ov.save_model(ov_tok, str(folder / "openvino_tokenizer.xml"))
+        ov.save_model(ov_detok, str(folder / "openvino_detokenizer.xml"))
+    return folder
+
+
+def merged_tokens(tok) -> list[str]:
+    """Tokens learned by BPE merges (longer than one byte symbol), in id order."""
+    return sorted((t for t in tok.get_vocab() if len(t) > 2 and t not in tok.all_special_tokens),
+                  key=tok.get_vocab().get)
+
+
+def permuted(tok):
+    """The same tokenizer with the ids of the last two learned tokens swapped."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    a, b = merged_tokens(tok)[-2:]
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+                                   bos_token=tok.bos_token, eos_token=tok.eos_token, unk_token=tok.unk_token,
+                                   pad_token=tok.pad_token, chat_template=tok.chat_template)
+
+
+@pytest.fixture(scope="module")
+def main_dir(tmp_path_factory):
+    return save(tiny_tokenizer(), tmp_path_factory.mktemp("main"), with_ir=True)
+
+
+def test_identical_pair_passes_hf_and_openvino_checks(main_dir, tmp_path):
+    result = check(main_dir, save(tiny_tokenizer(), tmp_path, with_ir=True))
+    assert result.ok, result.problems
+    assert "OpenVINO encodings" in result.checked
+
+
+def test_permuted_ids_fail_with_the_moved_tokens(main_dir, tmp_path):
+    result = check(main_dir, save(permuted(tiny_tokenizer()), tmp_path, with_ir=True))
+    assert not result.ok
+    (ids,) = [p for p in result.problems if p.startswith("token ids:")]
+    assert ids.startswith("token ids: 2 shared token(s) have different ids")
+    assert all(repr(t) in ids for t in merged_tokens(tiny_tokenizer())[-2:])
+    assert any(p.startswith("OpenVINO encodings differ") for p in result.problems)
+    assert any(p.startswith("HF encodings differ") for p in result.problems)
+
+
+def test_different_vocabulary_fails(main_dir, tmp_path):
+    result = check(main_dir, save(tiny_tokenizer(vocab_size=320), tmp_path))
+    assert any(p.startswith("vocabulary: ") and "only in main" in p for p in result.problems)
+
+
+def test_different_special_token_ids_fail(main_dir, tmp_path):
+    tok = tiny_tokenizer()
+    tok.eos_token = "<|endoftext|>"
+    result = check(main_dir, save(tok, tmp_path))
+    assert any(p.startswith("eos_token: main '<|im_end|>' id 2, draft '<|endoftext|>' id 0") for p in result.problems)
+
+
+def test_different_chat_template_fails(main_dir, tmp_path):
+    tok = tiny_tokenizer()
+    tok.chat_template = tok.chat_template.replace("<|im_start|>assistant", "<|im_start|>bot")
+    result = check(main_dir, save(tok, tmp_path))
+    assert "chat template: renders the same conversation differently" in result.problems
