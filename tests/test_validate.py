@@ -48,3 +48,13 @@ def test_adhoc_cli_scores_any_ir_on_any_text(exported, tmp_path):
     assert json.loads(proc.stdout)["status"] == "not_validated"
     proc = run_stage("stages.validate", "--artifact", "models/nope", "--text", str(text), check=False)
     assert proc.returncode != 0 and "--artifact: models/nope has no openvino_model.xml" in proc.stderr
+
+
+def test_artifact_loads_as_is_in_optimum_intel(exported):
+    from optimum.intel import OVModelForCausalLM
+    from transformers import AutoTokenizer
+
+    folder = exported / "models/tiny/fp16"
+    model = OVModelForCausalLM.from_pretrained(folder, device="CPU")
+    ids = AutoTokenizer.from_pretrained(folder)("Paris is", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
