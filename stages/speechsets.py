@@ -53,14 +53,19 @@ def load_audio(path: Path, expected_rate: int | None = None) -> np.ndarray:
     return audio
 
 
+def numbered_lines(path: Path, what: str):
+    """(line number, line) for every non-blank line of a text file that must exist."""
+    if not path.is_file():
+        raise SpeechSetError(f"{path}: {what} not found")
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            yield i, line
+
+
 def read_manifest(path: Path) -> list[dict]:
     """Entries {"audio": path relative to the manifest, "text": reference}; each line checked."""
-    if not path.is_file():
-        raise SpeechSetError(f"{path}: manifest not found")
     entries = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for i, line in numbered_lines(path, "manifest"):
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as e:
@@ -78,12 +83,8 @@ def read_manifest(path: Path) -> list[dict]:
 def from_sphinx(spec: SphinxSpeech) -> list[dict]:
     folder = Path(spec.dir)
     transcription = folder / spec.transcription
-    if not transcription.is_file():
-        raise SpeechSetError(f"{transcription}: transcription file not found")
     entries = []
-    for i, line in enumerate(transcription.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for i, line in numbered_lines(transcription, "transcription file"):
         m = SPHINX_LINE.match(line)
         if not m or not m["text"].strip():
             raise SpeechSetError(f"{transcription}:{i}: expected '<s> text </s> (id)', got {line!r}")
