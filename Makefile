@@ -22,3 +22,4 @@ test: setup
 bench: setup
 	$(VENV)/python benchmarks/llm_speed.py
 	$(VENV)/python benchmarks/whisper_speed.py
+	$(VENV)/python benchmarks/speculative_speed.py

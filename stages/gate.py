@@ -16,6 +16,7 @@ from stages.common import METRICS, read_json, setup_logging, validation_metrics_
     write_json
 from stages.families import get_family
 from stages.params import GateRule, Params, load_stage_params, stage_parser
+from stages.speculative import pair_metrics_path
 
 GATE_PATH = METRICS / "gate.json"
 
@@ -90,6 +91,41 @@ def describe(rule: GateRule) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def unvalidated_row(name: str, record: dict, mode: str) -> Row:
+    failing = mode == "release" or record["status"] == "missing"
+    return Row(name, "*", None, f"mode={mode}", None, "fail" if failing else "not_validated",
+               record.get("reason", ""))
+
+
+def pair_rows(params: Params) -> tuple[list[Row], dict]:
+    """Speculative pairs: a negative control must have been refused; a validated pair meets its rules."""
+    rows, records = [], {}
+    for name, pair in params.pairs.items():
+        path = pair_metrics_path(name)
+        rec = read_json(path) if path.is_file() else {"status": "missing", "metrics": {},
+                                                       "reason": "no speculative metrics file"}
+        records[f"pair:{name}"] = rec
+        label = f"pair:{name}"
+        if rec["status"] == "refused":
+            expected = pair.expect == "incompatible"
+            rows.append(Row(label, "tokenizer_check", None, f"expect {pair.expect}", None,
+                            "pass" if expected else "fail", f"refused: {rec['problems'][0]}"[:160]))
+            continue
+        if pair.expect == "incompatible":
+            rows.append(Row(label, "tokenizer_check", None, "expect incompatible", None, "fail",
+                            "the check did not refuse this draft"))
+            continue
+        if rec["status"] != "validated":
+            rows.append(unvalidated_row(label, rec, params.gate.mode))
+            continue
+        for rule in params.gate.rules:
+            if rule.family == "speculative" and (not rule.pairs or name in rule.pairs):
+                ok, threshold, note = check(rule, rec["metrics"].get(rule.metric), None)
+                rows.append(Row(label, rule.metric, rec["metrics"].get(rule.metric), threshold, None,
+                                "pass" if ok else "fail", note))
+    return rows, records
+
+
 def evaluate(params: Params) -> tuple[list[Row], dict]:
     records = artifact_metrics(params)
     mode = params.gate.mode
@@ -97,9 +133,7 @@ def evaluate(params: Params) -> tuple[list[Row], dict]:
     for (model, variant), rec in records.items():
         name = f"{model}/{variant}"
         if rec["status"] != "validated":
-            failing = mode == "release" or rec["status"] == "missing"
-            rows.append(Row(name, "*", None, f"mode={mode}", None, "fail" if failing else "not_validated",
-                            rec.get("reason", "")))
+            rows.append(unvalidated_row(name, rec, mode))
             continue
         ref_metrics = records.get((model, rec["reference"]), {}).get("metrics", {})
         for rule in params.gate.rules:
@@ -108,7 +142,8 @@ def evaluate(params: Params) -> tuple[list[Row], dict]:
             value, ref = rec["metrics"].get(rule.metric), ref_metrics.get(rule.metric)
             ok, threshold, note = check(rule, value, ref)
             rows.append(Row(name, rule.metric, value, threshold, ref, "pass" if ok else "fail", note))
-    return rows, {f"{m}/{v}": r for (m, v), r in records.items()}
+    pairs, pair_records = pair_rows(params)
+    return rows + pairs, {**{f"{m}/{v}": r for (m, v), r in records.items()}, **pair_records}
 
 
 def table(rows: list[Row], fmt: str = "simple") -> str:

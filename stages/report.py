@@ -73,6 +73,33 @@ def family_table(rows: list[dict], keys: list[str]) -> str:
                     tablefmt="github")
 
 
+def pair_section(params: Params, gate: dict) -> str:
+    """Speculative decoding: one row per pair, then each validated pair's sweep and each refusal's diff."""
+    rows, details = [], []
+    for name in params.pairs:
+        rec = gate["artifacts"].get(f"pair:{name}", {})
+        m = rec.get("metrics", {})
+        rows.append([name, f"{rec.get('main', '-')} on {rec.get('main_device', '-')}",
+                     f"{rec.get('draft', '-')} on {rec.get('draft_device', '-')}", rec.get("status", "missing"),
+                     fmt(m.get("output_match")), fmt(m.get("acceptance_rate"), ".3f"),
+                     fmt(m.get("tpot_ms_main"), ".1f"), fmt(m.get("tpot_ms_speculative"), ".1f"),
+                     fmt(m.get("tpot_speedup"), ".2f"), gate_status(gate, f"pair:{name}")])
+        if rec.get("status") == "refused":
+            details.append(f"**{name}** refused by the tokenizer check:\n\n" +
+                           "\n".join(f"- {p}" for p in rec.get("problems", [])))
+        elif rec.get("sweep"):
+            sweep = tabulate([[s.get("num_assistant_tokens", "-"), s.get("assistant_confidence_threshold", "-"),
+                               fmt(s["output_match"]), fmt(s["acceptance_rate"], ".3f"), fmt(s["tpot_ms"], ".1f"),
+                               fmt(s["tpot_speedup"], ".2f"), fmt(s["throughput_ratio"], ".2f")]
+                              for s in rec["sweep"]],
+                             headers=["num_assistant_tokens", "confidence threshold", "output match", "acceptance",
+                                      "TPOT ms", "TPOT speedup", "throughput ratio"], tablefmt="github")
+            details.append(f"**{name}** sweep (main alone: TPOT {rec['baseline']['tpot_ms']:.1f} ms):\n\n{sweep}")
+    table = tabulate(rows, headers=["pair", "main", "draft", "status", "output match", "acceptance",
+                                    "TPOT main ms", "TPOT with draft ms", "speedup", "gate"], tablefmt="github")
+    return table + "\n\n" + "\n\n".join(details)
+
+
 def markdown(tables: dict[str, str], gate: dict) -> str:
     notes = ["Values in parentheses were measured on a proxy device because the target device is absent; "
              "they are not a validation on the target.", f"Gate mode: {gate['mode']}; counts: {gate['counts']}."]
@@ -103,6 +130,8 @@ def main(argv=None) -> None:
         write_json(PLOTS_DIR / f"{family}_accuracy_vs_size.json", plot_points(family_rows, keys[0]) if keys else [])
         if family_rows:
             tables[family] = family_table(family_rows, keys)
+    if params.pairs:
+        tables["speculative decoding"] = pair_section(params, gate)
     text = markdown(tables, gate)
     write_text(REPORT_PATH, text)
     print(text)

@@ -33,13 +33,13 @@ def tiny_tokenizer(vocab_size: int = 384):
                                    unk_token="<|endoftext|>", pad_token="<|im_end|>", chat_template=CHAT_TEMPLATE)
 
 
-def tiny_llm(out: Path, seed: int = 0, layers: int = 2, hidden: int = 64) -> Path:
+def tiny_llm(out: Path, seed: int = 0, layers: int = 2, hidden: int = 64, vocab_size: int = 384) -> Path:
     """A random-init Llama (dims multiples of 32 so int4 group sizes 32/64 divide them) plus its tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer(vocab_size)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=512, tie_word_embeddings=True,

@@ -25,7 +25,7 @@ def measure(family, artifact: Path, device: str, params: Params, precision: str)
 
 
 def validate(params: Params, model: str, variant_name: str) -> dict:
-    spec, variant = params.models[model], params.variants[variant_name]
+    spec, variant = params.spec(model), params.variants[variant_name]
     family = get_family(spec.family)
     artifact = artifact_dir(model, variant_name)
     if not (artifact / "manifest.json").is_file():

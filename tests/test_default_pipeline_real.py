@@ -1,5 +1,6 @@
-"""The shipped params.yaml through the whole pipeline on real weights: SmolLM2-135M and whisper tiny.en
-(whisper base is left to `make all` to keep the suite near 15 minutes)."""
+"""The shipped params.yaml through the whole pipeline on real weights: SmolLM2-135M with its pruned draft, and
+whisper tiny.en (whisper base, the distilled draft and the Gemma negative control are left to `make all` to keep
+the suite near 20 minutes; the Gemma tokenizer refusal is tested in test_fetch)."""
 import json
 import subprocess
 import sys
@@ -15,6 +16,10 @@ pytestmark = pytest.mark.slow
 def test_default_pipeline_on_real_smollm2(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["whisper"]["models"] = ["whisper-tiny-en"]
+    params["derived_drafts"] = {"smollm2-135m-d10": params["derived_drafts"]["smollm2-135m-d10"]}
+    params["drafts"]["models"] = ["smollm2-135m-d10"]
+    params["pairs"] = {"smollm2-d10": params["pairs"]["smollm2-d10"]}
+    params["validate"]["speculative"].update(num_assistant_tokens=[3], assistant_confidence_thresholds=[])
     scaffold(tmp_path, params)
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -39,7 +44,12 @@ def test_default_pipeline_on_real_smollm2(tmp_path):
     assert len(hyps["librivox"]) == 5 and all(h["hypothesis"] for h in hyps["librivox"])
     assert metrics("int4-npu", "whisper-tiny-en")["status"] == "not_validated"
 
+    pair = json.loads((tmp_path / "metrics/validate/pairs/smollm2-d10.json").read_text())
+    assert pair["status"] == "validated", pair
+    assert pair["metrics"]["output_match"] == 1.0, pair["sweep"][0]["mismatches"]
+    assert 0 <= pair["metrics"]["acceptance_rate"] <= 1 and pair["sweep"][0]["proposed_tokens"] > 0
+
     gate = json.loads((tmp_path / "metrics/gate.json").read_text())
     assert gate["passed"] and gate["counts"]["not_validated"] == 2
     report = (tmp_path / "reports/summary.md").read_text()
-    assert "smollm2-135m/int4-cpu" in report and "wer_librivox" in report
+    assert "smollm2-135m/int4-cpu" in report and "wer_librivox" in report and "smollm2-d10" in report

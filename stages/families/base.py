@@ -7,6 +7,11 @@ from typing import Any, Optional
 
 from stages.params import Params, Variant
 
+# optimum-intel 2.2.0 refuses these model types on transformers 5 (MAX_TRANSFORMERS_VERSION "5.0"); verified with
+# transformers 5.5.4 (export + openvino_genai LLMPipeline generation), so the cap is raised to that version only.
+EXPORT_CAP_LIFTS = {"gemma3_text": "Gemma3TextOpenVINOConfig"}
+EXPORT_CAP_VERIFIED = "5.5.4"
+
 
 @dataclass
 class Validation:
@@ -26,9 +31,12 @@ class Family:
                trust_remote_code: bool = False) -> None:
         """Mirror `optimum-cli export openvino`: export (fp16 or fp32), then weight compression with NNCF,
         always with the explicit recipe (the CLI silently swaps in per-model defaults when none is given)."""
+        from optimum.exporters.openvino import model_configs
         from optimum.exporters.openvino.__main__ import _main_quantize, main_export
         from optimum.intel.openvino.configuration import OVConfig
 
+        for config_class in EXPORT_CAP_LIFTS.values():
+            getattr(model_configs, config_class).MAX_TRANSFORMERS_VERSION = EXPORT_CAP_VERIFIED
         qconfig = variant.quantization_config()
         if qconfig is not None and calibration:
             qconfig = {**qconfig, "dataset": calibration, "tokenizer": str(checkpoint)}

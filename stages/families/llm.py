@@ -1,6 +1,8 @@
 """Causal LMs: perplexity from the stateful IR's logits, greedy generations through openvino_genai.LLMPipeline."""
 from __future__ import annotations
 
+import functools
+import operator
 import time
 from pathlib import Path
 
@@ -102,3 +104,61 @@ class LLMFamily(Family):
             return {}
         return {"generation_similarity": float(np.mean([text_similarity(a, b) for a, b in zip(ref, cur)])),
                 "generation_exact_match": float(np.mean([a == b for a, b in zip(ref, cur)]))}
+
+
+# ---------------------------------------------------------------- speculative decoding
+def _generate_all(pipe, prompts: list[str], config, label: str) -> tuple[list[str], object, list]:
+    """Greedy texts for every prompt, their summed perf metrics and any speculative-decoding metrics
+    (after one warm-up call: compilation and caches are not what is being timed)."""
+    pipe.generate([prompts[0]], config)
+    results = [pipe.generate([prompt], config) for prompt in tqdm(prompts, desc=label, unit="prompt")]
+    perf = functools.reduce(operator.add, (r.perf_metrics for r in results))
+    return [r.texts[0] for r in results], perf, [r.extended_perf_metrics for r in results
+                                                 if r.extended_perf_metrics is not None]
+
+
+def _timing(perf) -> dict:
+    return {"tpot_ms": float(perf.get_tpot().mean), "throughput_tok_s": float(perf.get_throughput().mean),
+            "generated_tokens": int(perf.get_num_generated_tokens())}
+
+
+def _first_difference(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def speculative_sweep(main: Path, draft: Path, main_device: str, draft_device: str, precision: str,
+                      prompts: list[str], max_new_tokens: int, num_assistant_tokens: list[int],
+                      thresholds: list[float]) -> dict:
+    """Main alone vs main + draft (openvino_genai.LLMPipeline(draft_model=...)) for each setting of the sweep:
+    greedy outputs must be identical; acceptance = accepted / proposed draft tokens; TPOT and throughput ratios."""
+    import openvino_genai as ov_genai
+
+    greedy = dict(max_new_tokens=max_new_tokens, do_sample=False)
+    alone = ov_genai.LLMPipeline(str(main), main_device, INFERENCE_PRECISION_HINT=precision)
+    reference, perf, _ = _generate_all(alone, prompts, ov_genai.GenerationConfig(**greedy), "main alone")
+    baseline = _timing(perf)
+    del alone
+    pipe = ov_genai.LLMPipeline(str(main), main_device, INFERENCE_PRECISION_HINT=precision,
+                                draft_model=ov_genai.draft_model(str(draft), draft_device,
+                                                                 INFERENCE_PRECISION_HINT=precision))
+    settings = [{"num_assistant_tokens": k} for k in num_assistant_tokens] + \
+               [{"assistant_confidence_threshold": t} for t in thresholds]
+    sweep = []
+    for setting in settings:
+        label = ", ".join(f"{k}={v}" for k, v in setting.items())
+        texts, perf, sd = _generate_all(pipe, prompts, ov_genai.GenerationConfig(**greedy, **setting), label)
+        accepted = sum(m.get_num_accepted_tokens() for m in sd)
+        proposed = sum(m.get_num_draft_tokens() for m in sd)
+        timing = _timing(perf)
+        sweep.append({
+            **setting, **timing,
+            "output_match": float(np.mean([a == b for a, b in zip(reference, texts)])),
+            "mismatches": [{"prompt": p, "main_alone": a, "speculative": b,
+                            "first_difference_at": _first_difference(a, b)}
+                           for p, a, b in zip(prompts, reference, texts) if a != b],
+            "accepted_tokens": int(accepted), "proposed_tokens": int(proposed),
+            "acceptance_rate": accepted / proposed if proposed else None,
+            "tpot_speedup": baseline["tpot_ms"] / timing["tpot_ms"],
+            "throughput_ratio": timing["throughput_tok_s"] / baseline["throughput_tok_s"],
+        })
+    return {"baseline": baseline, "sweep": sweep, "reference_outputs": reference}

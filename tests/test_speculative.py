@@ -1,0 +1,161 @@
+"""Drafts end to end on tiny models: derive (prune + distil), export, pair (strict tokenizer check), speculative
+validation through LLMPipeline(draft_model=...), gate and report; plus the refusals and a pre-exported IR draft."""
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from stages.tiny import tiny_llm
+from tests.conftest import EVAL_TEXT, assert_nothing_written, run_stage, scaffold, tiny_params, write_params
+
+
+def speculative_params(main, other, text) -> dict:
+    p = tiny_params(main, text)
+    p["models"]["other"] = {"family": "llm", "source": {"type": "local", "path": str(other)}}
+    p["calibration"] = {"distill": {"path": str(text), "max_chars": 4000}}
+    p["llm"]["variants"] = ["fp16"]
+    p["derived_drafts"] = {"tiny-d1": {"base": "tiny", "keep_layers": 1, "distill": {
+        "data": "distill", "steps": 20, "seq_len": 16, "batch_size": 4, "learning_rate": 3e-3}}}
+    p["drafts"] = {"models": ["tiny-d1", "other"], "variants": ["int8"]}
+    p["pairs"] = {"good": {"main": "tiny/fp16", "draft": "tiny-d1/int8"},
+                  "bad": {"main": "tiny/fp16", "draft": "other/int8", "expect": "incompatible"}}
+    p["validate"]["speculative"] = {"prompts": ["Paris is", "def main():"], "max_new_tokens": 8,
+                                    "num_assistant_tokens": [2, 4], "assistant_confidence_thresholds": [0.3]}
+    p["gate"]["rules"].append({"family": "speculative", "metric": "output_match", "min": 1.0})
+    return p
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_checkpoint):
+    root = tmp_path_factory.mktemp("spec")
+    other = tiny_llm(root.parent / f"{root.name}-other", seed=1, vocab_size=320)  # a different tokenizer
+    text = root.parent / f"{root.name}-text.txt"
+    text.write_text(EVAL_TEXT * 3)
+    scaffold(root, speculative_params(tiny_checkpoint, other, text))
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root, set(re.findall(r"Running stage '([^']+)'", proc.stdout))
+
+
+def read(root, path):
+    return json.loads((root / path).read_text())
+
+
+def test_repro_runs_every_draft_stage(built):
+    _, ran = built
+    assert {"derive-draft@tiny-d1", "export-draft@tiny-d1-int8", "export-draft@other-int8", "pair@good", "pair@bad",
+            "validate-speculative@good", "validate-speculative@bad"} <= ran
+
+
+def test_derived_draft_is_pruned_distilled_and_shares_the_tokenizer(built):
+    root, _ = built
+    manifest = read(root, "models/tiny-d1/checkpoint/manifest.json")
+    assert manifest["source"]["keep_layers"] == 1 and manifest["base"]["layers"] == 2
+    assert manifest["parameters"] < manifest["base_parameters"]
+    kd = manifest["distillation"]
+    assert kd["held_out_kl_after"] < kd["held_out_kl_before"], kd
+    assert (root / "models/tiny-d1/checkpoint/tokenizer.json").read_bytes() == \
+        (root / "models/tiny/checkpoint/tokenizer.json").read_bytes()
+
+
+def test_compatible_pair_is_validated_with_identical_greedy_output(built):
+    root, _ = built
+    pairing = read(root, "models/pairs/good/pairing.json")
+    assert pairing["status"] == "paired" and "OpenVINO encodings" in pairing["tokenizer_check"]["checked"]
+    rec = read(root, "metrics/validate/pairs/good.json")
+    assert rec["status"] == "validated" and rec["main_device"] == "CPU" and rec["draft_device"] == "CPU"
+    m = rec["metrics"]
+    assert m["output_match"] == 1.0, rec["sweep"][0]["mismatches"]
+    assert 0.0 <= m["acceptance_rate"] <= 1.0 and m["num_assistant_tokens"] == 2
+    assert m["tpot_ms_main"] > 0 and m["tpot_ms_speculative"] > 0
+    assert [s.get("num_assistant_tokens", s.get("assistant_confidence_threshold")) for s in rec["sweep"]] == [2, 4, 0.3]
+    assert all(s["proposed_tokens"] > 0 for s in rec["sweep"])
+
+
+def test_mismatched_draft_is_refused_with_a_diff_and_the_gate_accepts_the_negative_control(built):
+    root, _ = built
+    rec = read(root, "metrics/validate/pairs/bad.json")
+    assert rec["status"] == "refused"
+    assert any(p.startswith("vocabulary: ") for p in rec["problems"])
+    gate = read(root, "metrics/gate.json")
+    assert gate["passed"]
+    rows = {(r["artifact"], r["metric"]): r for r in gate["rows"]}
+    assert rows[("pair:bad", "tokenizer_check")]["status"] == "pass"
+    assert rows[("pair:good", "output_match")]["status"] == "pass"
+    report = (root / "reports/summary.md").read_text()
+    assert "## speculative decoding" in report and "refused by the tokenizer check" in report
+
+
+def edited(root, change) -> dict:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    original = json.loads(json.dumps(params))
+    change(params)
+    write_params(root, params)
+    return original
+
+
+def test_pair_stage_fails_on_a_surprise_and_writes_nothing(built):
+    root, _ = built
+    original = edited(root, lambda p: p["pairs"]["bad"].update(expect="compatible"))
+    try:
+        out = root / "models/pairs/bad"
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        proc = run_stage("stages.pair", "--pair", "bad", cwd=root, check=False)
+        assert proc.returncode != 0
+        assert "draft other/int8 is not tokenizer-compatible with tiny/fp16" in proc.stderr
+        assert "vocabulary: " in proc.stderr and "token(s) only in main" in proc.stderr
+        assert_nothing_written(out)
+        edited(root, lambda p: p["pairs"]["good"].update(expect="incompatible"))
+        proc = run_stage("stages.pair", "--pair", "good", cwd=root, check=False)
+        assert proc.returncode != 0 and "expected the check to refuse draft tiny-d1/int8" in proc.stderr
+    finally:
+        write_params(root, original)
+        run_stage("stages.pair", "--pair", "bad", cwd=root)
+
+
+def test_absent_draft_device_is_not_validated(built):
+    root, _ = built
+    original = edited(root, lambda p: p["pairs"]["good"].update(draft_device="NPU"))
+    try:
+        run_stage("stages.pair", "--pair", "good", cwd=root)
+        run_stage("stages.speculative", "--pair", "good", cwd=root)
+        rec = read(root, "metrics/validate/pairs/good.json")
+        assert rec["status"] == "not_validated" and "NPU" in rec["reason"] and rec["draft_device"] == "NPU"
+        assert run_stage("stages.gate", cwd=root, check=False).returncode == 0
+        rows = [r for r in read(root, "metrics/gate.json")["rows"] if r["artifact"] == "pair:good"]
+        assert [r["status"] for r in rows] == ["not_validated"]
+    finally:
+        write_params(root, original)
+        run_stage("stages.pair", "--pair", "good", cwd=root)
+
+
+def test_pre_exported_ir_is_checked_not_re_exported(built):
+    root, _ = built
+    ir = root / "models/tiny-d1/int8"
+    original = edited(root, lambda p: p["models"].update(prebuilt={"family": "llm",
+                                                                   "source": {"type": "local", "path": str(ir)}}))
+    try:
+        run_stage("stages.fetch", "--model", "prebuilt", cwd=root)
+        run_stage("stages.export", "--model", "prebuilt", "--variant", "int8", cwd=root)
+        manifest = read(root, "models/prebuilt/int8/manifest.json")
+        assert manifest["prebuilt"] and manifest["rt_info"]["openvino_model.xml"]["mode"] == "int8_asym"
+        assert (root / "models/prebuilt/int8/openvino_model.bin").read_bytes() == (ir / "openvino_model.bin").read_bytes()
+        proc = run_stage("stages.export", "--model", "prebuilt", "--variant", "fp16", cwd=root, check=False)
+        assert proc.returncode != 0 and "fp16 requested but NNCF compression recorded" in proc.stderr
+        assert not (root / "models/prebuilt/fp16").exists()
+    finally:
+        write_params(root, original)
+
+
+def test_pruning_must_drop_a_layer(tiny_checkpoint):
+    from transformers import AutoModelForCausalLM
+
+    from stages.derive_draft import DeriveError, prune
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    assert len(prune(model, 1).model.layers) == 1 and len(model.model.layers) == 2
+    with pytest.raises(DeriveError, match="keep_layers: 2 keeps every layer of a 2-layer model"):
+        prune(model, 2)
