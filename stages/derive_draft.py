@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import math
+import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -49,6 +51,29 @@ def windows(ids, seq_len: int):
     return torch.tensor(ids[:n * seq_len]).view(n, seq_len)
 
 
+def main_replies(teacher, tokenizer, text: str, cfg: Distillation, batch: int = 16) -> list[int]:
+    """The main's greedy chat replies to sentences of the text as user turns, chat-formatted, as one token stream:
+    distilling on the main's own outputs (FastDraft) matches what the draft has to predict at serving time."""
+    import torch
+    from tqdm import tqdm
+
+    sentences = [s for s in re.split(r"(?<=[.?!])\s+", text) if 30 <= len(s) <= 300]
+    prompts = random.Random(cfg.seed).sample(sentences, min(cfg.chat_samples, len(sentences)))
+    tokenizer.padding_side = "left"
+    stream: list[int] = []
+    for i in tqdm(range(0, len(prompts), batch), desc="main replies", unit="batch"):
+        enc = tokenizer.apply_chat_template([[{"role": "user", "content": p}] for p in prompts[i:i + batch]],
+                                            add_generation_prompt=True, padding=True, return_tensors="pt",
+                                            return_dict=True)
+        with torch.no_grad():
+            out = teacher.generate(**enc, max_new_tokens=cfg.reply_tokens, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id)
+        mask = torch.cat([enc["attention_mask"], torch.ones_like(out[:, enc["input_ids"].shape[1]:])], dim=1)
+        for row, keep in zip(out, mask):
+            stream += row[keep.bool()].tolist()
+    return stream
+
+
 def mean_kl(teacher, student, batch, temperature: float):
     """Token-averaged KL(teacher || student) at `temperature`, scaled by T^2 (Hinton et al.)."""
     import torch.nn.functional as F
@@ -61,12 +86,18 @@ def mean_kl(teacher, student, batch, temperature: float):
     return kl * temperature ** 2
 
 
-def held_out_kl(teacher, student, data, cfg: Distillation) -> float:
+def held_out(teacher, student, data, cfg: Distillation) -> tuple[float, float]:
+    """Mean KL and top-1 agreement (draft argmax == main argmax: what greedy speculative decoding accepts)."""
     import torch
 
+    kl, agree = 0.0, 0.0
     with torch.no_grad():
-        return float(sum(mean_kl(teacher, student, data[i:i + cfg.batch_size], cfg.temperature).item()
-                         * len(data[i:i + cfg.batch_size]) for i in range(0, len(data), cfg.batch_size)) / len(data))
+        for i in range(0, len(data), cfg.batch_size):
+            batch = data[i:i + cfg.batch_size]
+            kl += mean_kl(teacher, student, batch, cfg.temperature).item() * len(batch)
+            agree += (teacher(input_ids=batch).logits.argmax(-1) == student(input_ids=batch).logits.argmax(-1)) \
+                .float().mean().item() * len(batch)
+    return kl / len(data), agree / len(data)
 
 
 def distill(teacher, student, text: str, tokenizer, cfg: Distillation) -> dict:
@@ -75,6 +106,8 @@ def distill(teacher, student, text: str, tokenizer, cfg: Distillation) -> dict:
 
     torch.manual_seed(cfg.seed)
     data = windows(tokenizer(text, add_special_tokens=False)["input_ids"], cfg.seq_len)
+    if cfg.chat_samples:
+        data = torch.cat([data, windows(main_replies(teacher, tokenizer, text, cfg), cfg.seq_len)])
     data = data[torch.randperm(len(data))]
     n_held = max(1, math.ceil(len(data) * cfg.held_out))
     held, train = data[:n_held], data[n_held:]
@@ -85,7 +118,7 @@ def distill(teacher, student, text: str, tokenizer, cfg: Distillation) -> dict:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / 10) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
     student.eval()
-    before = held_out_kl(teacher, student, held, cfg)
+    before = held_out(teacher, student, held, cfg)
     start = time.perf_counter()
     student.train()
     losses = []
@@ -99,9 +132,11 @@ def distill(teacher, student, text: str, tokenizer, cfg: Distillation) -> dict:
         schedule.step()
         losses.append(loss.item())
     student.eval()
-    after = held_out_kl(teacher, student, held, cfg)
-    log.info("distilled %d steps: held-out KL %.3f -> %.3f", cfg.steps, before, after)
-    return {"held_out_kl_before": before, "held_out_kl_after": after, "train_windows": len(train),
+    after = held_out(teacher, student, held, cfg)
+    log.info("distilled %d steps: held-out KL %.3f -> %.3f, top-1 agreement %.3f -> %.3f", cfg.steps, before[0],
+             after[0], before[1], after[1])
+    return {"held_out_kl_before": before[0], "held_out_kl_after": after[0], "held_out_top1_agreement_before": before[1],
+            "held_out_top1_agreement_after": after[1], "train_windows": len(train),
             "held_out_windows": n_held, "train_tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
             "final_train_kl": float(sum(losses[-10:]) / len(losses[-10:])),
             "seconds": round(time.perf_counter() - start, 1)}

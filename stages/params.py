@@ -253,6 +253,9 @@ class Distillation(Strict):
     temperature: float = Field(default=1.0, gt=0)
     held_out: float = Field(default=0.1, gt=0, lt=1)  # fraction of windows kept aside to measure the KL
     seed: int = 0
+    # FastDraft-style data: the main's own greedy chat replies to prompts cut from `data`, mixed with the text
+    chat_samples: int = Field(default=0, ge=0)
+    reply_tokens: int = Field(default=48, gt=0)
 
 
 class DerivedDraft(Strict):

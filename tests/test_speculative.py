@@ -18,7 +18,8 @@ def speculative_params(main, other, text) -> dict:
     p["calibration"] = {"distill": {"path": str(text), "max_chars": 4000}}
     p["llm"]["variants"] = ["fp16"]
     p["derived_drafts"] = {"tiny-d1": {"base": "tiny", "keep_layers": 1, "distill": {
-        "data": "distill", "steps": 20, "seq_len": 16, "batch_size": 4, "learning_rate": 3e-3}}}
+        "data": "distill", "steps": 20, "seq_len": 16, "batch_size": 4, "learning_rate": 3e-3,
+        "chat_samples": 8, "reply_tokens": 8}}}
     p["drafts"] = {"models": ["tiny-d1", "other"], "variants": ["int8"]}
     p["pairs"] = {"good": {"main": "tiny/fp16", "draft": "tiny-d1/int8"},
                   "bad": {"main": "tiny/fp16", "draft": "other/int8", "expect": "incompatible"}}
@@ -57,6 +58,7 @@ def test_derived_draft_is_pruned_distilled_and_shares_the_tokenizer(built):
     assert manifest["parameters"] < manifest["base_parameters"]
     kd = manifest["distillation"]
     assert kd["held_out_kl_after"] < kd["held_out_kl_before"], kd
+    assert 0 <= kd["held_out_top1_agreement_after"] <= 1
     assert (root / "models/tiny-d1/checkpoint/tokenizer.json").read_bytes() == \
         (root / "models/tiny/checkpoint/tokenizer.json").read_bytes()
 
