@@ -5,7 +5,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 VENV := .venv/bin
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup all repro test bench
+.PHONY: setup all repro regress test bench publish
 
 setup:
 	bash scripts/setup.sh
@@ -15,6 +15,15 @@ all: setup repro
 repro:
 	$(VENV)/dvc repro
 	cat reports/summary.md
+	@$(VENV)/python -c "import json; m = json.load(open('release/manifest.json')); \
+	  print(f\"release/: {m['released']} released, {m['withheld']} withheld (gate mode {m['gate_mode']})\")"
+
+regress:
+	$(VENV)/python -m stages.regress
+
+# Share this host's build: artifacts + run history to the default DVC remote (see .dvc/config).
+publish:
+	$(VENV)/dvc push && $(VENV)/dvc push --run-cache
 
 test: setup
 	HF_HUB_OFFLINE=1 $(VENV)/python -m pytest -q

@@ -101,10 +101,43 @@ def dir_size(root: Path) -> int:
     return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file())
 
 
+DEVICES_ENV = "OVBUILD_DEVICES"  # comma-separated: validate only on these (e.g. "" on a build-only host)
+
+
+EXPORT_PACKAGES = ("openvino", "nncf", "optimum-intel", "openvino-tokenizers", "transformers", "torch")
+RUNTIME_PACKAGES = ("openvino", "openvino-genai", "openvino-tokenizers")
+
+
+def software_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in packages:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
 def available_devices() -> list[str]:
+    """OpenVINO's devices on this host, narrowed by $OVBUILD_DEVICES when it is set."""
     import openvino as ov
 
-    return list(ov.Core().available_devices)
+    devices = list(ov.Core().available_devices)
+    allowed = os.environ.get(DEVICES_ENV)
+    if allowed is not None:
+        wanted = {d.strip() for d in allowed.split(",") if d.strip()}
+        devices = [d for d in devices if d in wanted or d.split(".")[0] in wanted]
+    return devices
+
+
+def device_names() -> dict[str, str]:
+    """Each available device with its full name (what a result was measured on)."""
+    import openvino as ov
+
+    core = ov.Core()
+    return {d: core.get_property(d, "FULL_DEVICE_NAME") for d in available_devices()}
 
 
 def device_present(device: str) -> bool:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from stages.common import artifact_dir, checkpoint_dir, dir_size, file_inventory, log, read_json, setup_logging, \
-    write_json
+from stages.common import EXPORT_PACKAGES, artifact_dir, checkpoint_dir, dir_size, file_inventory, log, read_json, \
+    setup_logging, software_versions, write_json
 from stages.evalsets import calibration_samples
 from stages.families import get_family
 from stages.params import Params, load_stage_params, stage_parser
@@ -60,9 +60,10 @@ def export(params: Params, model: str, variant_name: str) -> dict:
         checked = postcheck(family.compressed_irs(tmp), variant, variant_name)
         source = read_json(checkpoint / "manifest.json")
         manifest = {
-            "model": model, "variant": variant_name, "family": spec.family, "target": variant.target,
-            "recipe": variant.model_dump(exclude={"target"}), "prebuilt": prebuilt, **checked,
+            "model": model, "variant": variant_name, "family": spec.family, "targets": variant.targets,
+            "recipe": variant.model_dump(exclude={"targets"}), "prebuilt": prebuilt, **checked,
             "source": {k: source.get(k) for k in ("source", "requested_revision", "resolved_revision", "license")},
+            "software": software_versions(EXPORT_PACKAGES),
             "size_bytes": dir_size(tmp), "files": file_inventory(tmp),
         }
         write_json(tmp / "manifest.json", manifest)

@@ -24,6 +24,7 @@ GATE_PATH = METRICS / "gate.json"
 @dataclass
 class Row:
     artifact: str
+    device: str
     metric: str
     value: Optional[float]
     threshold: str
@@ -43,18 +44,21 @@ def load_outputs(model: str, variant: str) -> dict:
 
 
 def artifact_metrics(params: Params) -> dict[tuple[str, str], dict]:
-    """Per (model, variant): the validation record, with metrics relative to the reference merged in."""
+    """Per (model, variant): the validation record; on its primary device, metrics relative to the reference
+    variant's outputs are merged in."""
     result = {}
     for family_name, build in params.builds().items():
         family = get_family(family_name)
         for model in build.models:
             ref_outputs = load_outputs(model, build.reference)
             for variant in build.variants:
-                record = load_record(model, variant) or {"status": "missing", "metrics": {},
+                record = load_record(model, variant) or {"status": "missing", "metrics": {}, "devices": {},
                                                          "reason": "no validation metrics file"}
-                if record["status"] == "validated":
-                    record["metrics"] = {**record["metrics"],
-                                         **family.compare(ref_outputs, load_outputs(model, variant))}
+                primary = record.get("device")
+                if primary:
+                    compared = family.compare(ref_outputs, load_outputs(model, variant))
+                    record["metrics"] = {**record["metrics"], **compared}
+                    record["devices"][primary]["metrics"] = record["metrics"]
                 result[(model, variant)] = record | {"family": family_name, "reference": build.reference}
     return result
 
@@ -91,9 +95,10 @@ def describe(rule: GateRule) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def unvalidated_row(name: str, record: dict, mode: str) -> Row:
+def unvalidated_row(name: str, device: str, record: dict, mode: str) -> Row:
+    """dev mode reports an absent target device; release mode fails on it. A missing record always fails."""
     failing = mode == "release" or record["status"] == "missing"
-    return Row(name, "*", None, f"mode={mode}", None, "fail" if failing else "not_validated",
+    return Row(name, device, "*", None, f"mode={mode}", None, "fail" if failing else "not_validated",
                record.get("reason", ""))
 
 
@@ -104,53 +109,65 @@ def pair_rows(params: Params) -> tuple[list[Row], dict]:
         path = pair_metrics_path(name)
         rec = read_json(path) if path.is_file() else {"status": "missing", "metrics": {},
                                                        "reason": "no speculative metrics file"}
-        records[f"pair:{name}"] = rec
         label = f"pair:{name}"
+        device = "+".join(dict.fromkeys((rec.get("main_device") or "-", rec.get("draft_device") or "-")))
+        records[label] = rec | {"family": "speculative", "device": device,
+                                "devices": {device: {"status": rec["status"], "metrics": rec["metrics"]}}}
         if rec["status"] == "refused":
             expected = pair.expect == "incompatible"
-            rows.append(Row(label, "tokenizer_check", None, f"expect {pair.expect}", None,
+            rows.append(Row(label, device, "tokenizer_check", None, f"expect {pair.expect}", None,
                             "pass" if expected else "fail", f"refused: {rec['problems'][0]}"[:160]))
             continue
         if pair.expect == "incompatible":
-            rows.append(Row(label, "tokenizer_check", None, "expect incompatible", None, "fail",
+            rows.append(Row(label, device, "tokenizer_check", None, "expect incompatible", None, "fail",
                             "the check did not refuse this draft"))
             continue
         if rec["status"] != "validated":
-            rows.append(unvalidated_row(label, rec, params.gate.mode))
+            rows.append(unvalidated_row(label, device, rec, params.gate.mode))
             continue
         for rule in params.gate.rules:
             if rule.family == "speculative" and (not rule.pairs or name in rule.pairs):
                 ok, threshold, note = check(rule, rec["metrics"].get(rule.metric), None)
-                rows.append(Row(label, rule.metric, rec["metrics"].get(rule.metric), threshold, None,
+                rows.append(Row(label, device, rule.metric, rec["metrics"].get(rule.metric), threshold, None,
                                 "pass" if ok else "fail", note))
     return rows, records
 
 
-def evaluate(params: Params) -> tuple[list[Row], dict]:
-    records = artifact_metrics(params)
-    mode = params.gate.mode
+def artifact_rows(name: str, rec: dict, ref: dict, rules: list[GateRule], mode: str) -> list[Row]:
+    """Every rule on every validated target device; one row per target device that was not validated."""
+    if rec["status"] == "missing":
+        return [unvalidated_row(name, "*", rec, mode)]
     rows = []
-    for (model, variant), rec in records.items():
-        name = f"{model}/{variant}"
-        if rec["status"] != "validated":
-            rows.append(unvalidated_row(name, rec, mode))
+    variant = name.split("/")[1]
+    for device, result in rec["devices"].items():
+        if result["status"] != "validated":
+            rows.append(unvalidated_row(name, device, result, mode))
             continue
-        ref_metrics = records.get((model, rec["reference"]), {}).get("metrics", {})
-        for rule in params.gate.rules:
+        ref_metrics = ref.get("devices", {}).get(device, {}).get("metrics") or ref.get("metrics", {})
+        for rule in rules:
             if (rule.family and rule.family != rec["family"]) or (rule.variants and variant not in rule.variants):
                 continue
-            value, ref = rec["metrics"].get(rule.metric), ref_metrics.get(rule.metric)
-            ok, threshold, note = check(rule, value, ref)
-            rows.append(Row(name, rule.metric, value, threshold, ref, "pass" if ok else "fail", note))
+            value, reference = result["metrics"].get(rule.metric), ref_metrics.get(rule.metric)
+            ok, threshold, note = check(rule, value, reference)
+            rows.append(Row(name, device, rule.metric, value, threshold, reference, "pass" if ok else "fail", note))
+    return rows
+
+
+def evaluate(params: Params) -> tuple[list[Row], dict]:
+    records = artifact_metrics(params)
+    rows = []
+    for (model, variant), rec in records.items():
+        ref = records.get((model, rec["reference"]), {})
+        rows += artifact_rows(f"{model}/{variant}", rec, ref, params.gate.rules, params.gate.mode)
     pairs, pair_records = pair_rows(params)
     return rows + pairs, {**{f"{m}/{v}": r for (m, v), r in records.items()}, **pair_records}
 
 
 def table(rows: list[Row], fmt: str = "simple") -> str:
-    return tabulate([[r.artifact, r.metric, "-" if r.value is None else f"{r.value:.4g}", r.threshold,
+    return tabulate([[r.artifact, r.device, r.metric, "-" if r.value is None else f"{r.value:.4g}", r.threshold,
                       "-" if r.reference is None else f"{r.reference:.4g}", r.status.upper(), r.note]
                      for r in rows],
-                    headers=["artifact", "metric", "value", "threshold", "reference", "status", "note"],
+                    headers=["artifact", "device", "metric", "value", "threshold", "reference", "status", "note"],
                     tablefmt=fmt)
 
 
@@ -164,7 +181,11 @@ def main(argv=None) -> int:
         "mode": params.gate.mode, "passed": not failed,
         "counts": {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "not_validated")},
         "rows": [asdict(r) for r in rows],
-        "artifacts": {name: {"status": rec["status"], "metrics": rec["metrics"]} for name, rec in records.items()},
+        "artifacts": {name: {"family": rec["family"], "status": rec["status"], "device": rec.get("device"),
+                             "metrics": rec["metrics"],
+                             "devices": {d: {"status": r["status"], "metrics": r.get("metrics", {})}
+                                         for d, r in rec.get("devices", {}).items()}}
+                      for name, rec in records.items()},
     }
     write_json(GATE_PATH, summary)
     print(table(rows))

@@ -73,10 +73,11 @@ class ModelSpec(Strict):
 
 # ---------------------------------------------------------------- export variants
 class Variant(Strict):
-    """An export recipe plus its target device. Keys are optimum-cli's option names."""
+    """An export recipe plus the devices it is built for (`target: X` is short for `targets: [X]`); it is
+    validated on each target present on the host. Keys are optimum-cli's option names."""
 
     weight_format: Literal["fp16", "int8", "int4"]
-    target: Device = "CPU"
+    targets: list[Device] = Field(default=["CPU"], min_length=1)
     sym: bool = False
     group_size: Optional[int] = None
     ratio: Optional[float] = Field(default=None, gt=0, le=1)
@@ -87,6 +88,20 @@ class Variant(Strict):
     scale_estimation: bool = False
     dataset: Optional[str] = None  # name of a `calibration` text set
     num_samples: Optional[int] = Field(default=None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _target_shorthand(cls, data):
+        if isinstance(data, dict) and "target" in data:
+            if "targets" in data:
+                raise ValueError("target: give `target` or `targets`, not both")
+            data = {**{k: v for k, v in data.items() if k != "target"}, "targets": [data["target"]]}
+        return data
+
+    @property
+    def target(self) -> str:
+        """The primary target: the first in `targets`."""
+        return self.targets[0]
 
     @model_validator(mode="after")
     def _coherent(self) -> "Variant":
@@ -105,8 +120,10 @@ class Variant(Strict):
             raise ValueError("group_size: int4 needs an explicit group size (-1 = channel-wise)")
         if self.scale_estimation and not self.dataset:
             raise ValueError("scale_estimation: needs `dataset` (a calibration text set)")
-        if self.target == "NPU" and self.weight_format == "int4" and (not self.sym or self.group_size != -1):
-            raise ValueError("target NPU: int4 must be channel-wise symmetric (sym: true, group_size: -1); "
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"targets: listed twice in {self.targets}")
+        if "NPU" in self.targets and self.weight_format == "int4" and (not self.sym or self.group_size != -1):
+            raise ValueError("targets: NPU needs int4 to be channel-wise symmetric (sym: true, group_size: -1); "
                              f"got sym={self.sym}, group_size={self.group_size}")
         return self
 
@@ -206,11 +223,13 @@ class WhisperValidation(Strict):
     language: Optional[str] = None  # e.g. "en" for multilingual models; None for English-only ones
     task: Literal["transcribe", "translate"] = "transcribe"
     max_new_tokens: int = Field(default=128, gt=0)
+    performance_utterances: int = Field(default=3, gt=0)  # from the first speech set, after one warm-up
 
 
 class ValidateSettings(Strict):
     inference_precision: Literal["f32", "f16", "bf16"] = "f32"
-    proxy_device: Optional[Device] = None  # also measure accuracy here when the target device is absent
+    proxy_device: Optional[Device] = None  # also measure accuracy here when no target device is present
+    performance: bool = True  # load time, TTFT, TPOT, throughput, RTF, peak RSS per artifact and device
     llm: LLMValidation
     whisper: WhisperValidation
     speculative: Optional[SpeculativeValidation] = None
@@ -239,6 +258,33 @@ class GateRule(Strict):
 class GateSettings(Strict):
     mode: Literal["dev", "release"] = "dev"
     rules: list[GateRule]
+
+
+class RegressionRule(Strict):
+    """Allowed change of a metric between the baseline revision and now (absolute and/or relative)."""
+
+    metric: str  # a metric name or an fnmatch pattern (e.g. "wer_*")
+    family: Optional[Literal["llm", "whisper", "speculative"]] = None
+    artifacts: Optional[list[str]] = None  # "<model>/<variant>" or "pair:<name>" patterns; None: every artifact
+    max_increase: Optional[float] = None
+    max_increase_pct: Optional[float] = None
+    max_decrease: Optional[float] = None
+    max_decrease_pct: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _has_threshold(self) -> "RegressionRule":
+        if all(v is None for v in (self.max_increase, self.max_increase_pct, self.max_decrease,
+                                   self.max_decrease_pct)):
+            raise ValueError(f"rule for '{self.metric}' sets no allowed change (max_increase, max_increase_pct, "
+                             "max_decrease, max_decrease_pct)")
+        return self
+
+
+class RegressionSettings(Strict):
+    """`python -m stages.regress`: compare metrics/gate.json with its state at a git revision (DVC metrics)."""
+
+    baseline: str = "HEAD"  # git revision or tag; CI passes --baseline origin/main
+    rules: list[RegressionRule] = []
 
 
 # ---------------------------------------------------------------- drafts for speculative decoding
@@ -325,6 +371,7 @@ class Params(Strict):
     pairs: dict[str, Pair]
     validate_: ValidateSettings = Field(alias="validate")
     gate: GateSettings
+    regression: RegressionSettings = RegressionSettings()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> "Params":

@@ -1,9 +1,13 @@
-"""Stage report: one Markdown summary of every artifact, and DVC plot data (accuracy vs size).
+"""Stage report: a Markdown summary and one self-contained HTML page of every artifact, and DVC plot data
+(accuracy vs size and latency vs size, per family).
 
     python -m stages.report
 """
 from __future__ import annotations
 
+import base64
+import html
+import io
 from pathlib import Path
 
 from tabulate import tabulate
@@ -14,7 +18,10 @@ from stages.gate import GATE_PATH
 from stages.params import Params, Variant, load_stage_params, stage_parser
 
 REPORT_PATH = Path("reports") / "summary.md"
+HTML_PATH = Path("reports") / "index.html"
 PLOTS_DIR = METRICS / "plots"
+PERFORMANCE = {"load_s": "load+compile s", "ttft_ms": "TTFT ms", "tpot_ms": "TPOT ms",
+               "throughput_tok_s": "tokens/s", "rtf": "RTF", "peak_rss_mb": "peak RSS MB"}
 
 
 def recipe_label(v: Variant) -> str:
@@ -46,13 +53,14 @@ def artifact_rows(params: Params, gate: dict) -> list[dict]:
             for variant in build.variants:
                 name = f"{model}/{variant}"
                 record = read_json(METRICS / "validate" / model / f"{variant}.json")
-                metrics = gate["artifacts"].get(name, {}).get("metrics", {})
                 proxy = record.get("proxy")
                 rows.append({
-                    "artifact": name, "family": family, "target": params.variants[variant].target,
+                    "artifact": name, "family": family, "targets": record.get("targets", []),
                     "recipe": recipe_label(params.variants[variant]),
                     "size_mb": read_json(artifact_dir(model, variant) / "manifest.json")["size_bytes"] / 1e6,
-                    "status": record["status"], "gate": gate_status(gate, name), "metrics": metrics,
+                    "status": record["status"], "gate": gate_status(gate, name),
+                    "metrics": gate["artifacts"].get(name, {}).get("metrics", {}), "device": record.get("device"),
+                    "devices": record.get("devices", {}),
                     "proxy_metrics": proxy["metrics"] if proxy else {}, "proxy_device": proxy and proxy["device"],
                 })
     return rows
@@ -66,11 +74,21 @@ def metric_cell(row: dict, key: str) -> str:
     return "-"
 
 
-def family_table(rows: list[dict], keys: list[str]) -> str:
-    return tabulate([[r["artifact"], r["recipe"], r["target"], f"{r['size_mb']:.1f}",
+def family_table(rows: list[dict], keys: list[str], tablefmt: str = "github") -> str:
+    return tabulate([[r["artifact"], r["recipe"], ", ".join(r["targets"]), f"{r['size_mb']:.1f}",
                       *[metric_cell(r, k) for k in keys], r["status"], r["gate"]] for r in rows],
-                    headers=["artifact", "recipe", "target", "size MB", *keys, "validation", "gate"],
-                    tablefmt="github")
+                    headers=["artifact", "recipe", "targets", "size MB", *keys, "validation", "gate"],
+                    tablefmt=tablefmt)
+
+
+def performance_table(rows: list[dict], tablefmt: str = "github") -> str:
+    """One row per artifact and target device (a proxy measurement in parentheses)."""
+    measured = [(r["artifact"], d, res.get("metrics", {})) for r in rows for d, res in r["devices"].items()]
+    measured += [(r["artifact"], f"({r['proxy_device']}, proxy)", r["proxy_metrics"]) for r in rows
+                 if r["proxy_device"]]
+    keys = [k for k in PERFORMANCE if any(k in m for _, _, m in measured)]
+    return tabulate([[name, device, *[fmt(m.get(k), ".3g") for k in keys]] for name, device, m in measured],
+                    headers=["artifact", "device", *[PERFORMANCE[k] for k in keys]], tablefmt=tablefmt)
 
 
 def pair_section(params: Params, gate: dict) -> str:
@@ -100,10 +118,15 @@ def pair_section(params: Params, gate: dict) -> str:
     return table + "\n\n" + "\n\n".join(details)
 
 
-def markdown(tables: dict[str, str], gate: dict) -> str:
-    notes = ["Values in parentheses were measured on a proxy device because the target device is absent; "
-             "they are not a validation on the target.", f"Gate mode: {gate['mode']}; counts: {gate['counts']}."]
-    body = "\n\n".join(f"## {family}\n\n{table}" for family, table in tables.items())
+NOTES = ["Values in parentheses were measured on a proxy device because no target device is present; they are "
+         "not a validation on the target.",
+         "Performance: after one warm-up, on fixed inputs (LLM: every prompt generates exactly max_new_tokens; "
+         "Whisper: the first utterances of the first speech set); peak RSS of a fresh process running it."]
+
+
+def markdown(sections: dict[str, str], gate: dict) -> str:
+    notes = NOTES + [f"Gate mode: {gate['mode']}; counts: {gate['counts']}."]
+    body = "\n\n".join(f"## {title}\n\n{text}" for title, text in sections.items())
     return "# Artifact report\n\n" + body + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
@@ -113,8 +136,41 @@ def plot_points(rows: list[dict], metric: str) -> list[dict]:
         metrics = r["metrics"] or r["proxy_metrics"]
         if metric in metrics:
             points.append({"artifact": r["artifact"], "size_mb": round(r["size_mb"], 2), "metric": metric,
-                           "value": metrics[metric], "measured_on": r["target"] if r["metrics"] else r["proxy_device"]})
+                           "value": metrics[metric], "measured_on": r["device"] or r["proxy_device"]})
     return points
+
+
+def plot_png(points: list[dict], title: str) -> str:
+    """A scatter of value vs size, as a base64 PNG for the HTML page."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for p in points:
+        ax.scatter(p["size_mb"], p["value"])
+        ax.annotate(p["artifact"].split("/", 1)[1] if "/" in p["artifact"] else p["artifact"],
+                    (p["size_mb"], p["value"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(title=title, xlabel="artifact size (MB)", ylabel=points[0]["metric"] if points else "")
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def html_page(sections: dict[str, str], images: dict[str, str], gate: dict) -> str:
+    figures = "".join(f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{png}"><figcaption>'
+                      f"{html.escape(t)}</figcaption></figure>" for t, png in images.items())
+    body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections.items())
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in NOTES + [f"Gate mode: {gate['mode']}; "
+                                                                   f"counts: {gate['counts']}."])
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px}figure{display:inline-block;margin:0 1em 1em 0}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Artifact report</title><style>{style}"
+            f"</style></head><body><h1>Artifact report</h1><div>{figures}</div>{body}<ul>{notes}</ul></body></html>")
 
 
 def main(argv=None) -> None:
@@ -123,17 +179,26 @@ def main(argv=None) -> None:
     params = load_stage_params(args)
     gate = read_json(GATE_PATH)
     rows = artifact_rows(params, gate)
-    tables = {}
-    for family in params.builds():  # every family writes its plot file, possibly empty, as dvc.yaml declares
-        keys = get_family(family).report_metrics(params)
-        family_rows = [r for r in rows if r["family"] == family]
-        write_json(PLOTS_DIR / f"{family}_accuracy_vs_size.json", plot_points(family_rows, keys[0]) if keys else [])
+    md, web, images = {}, {}, {}
+    for family_name in params.builds():  # every family writes its plot files, possibly empty, as dvc.yaml declares
+        family = get_family(family_name)
+        keys = family.report_metrics(params)
+        family_rows = [r for r in rows if r["family"] == family_name]
+        for kind, metric in (("accuracy", keys[0] if keys else None), ("latency", family.latency_metric)):
+            points = plot_points(family_rows, metric) if metric else []
+            write_json(PLOTS_DIR / f"{family_name}_{kind}_vs_size.json", points)
+            if points:
+                images[f"{family_name}: {metric} vs size"] = plot_png(points, f"{family_name} {kind} vs size")
         if family_rows:
-            tables[family] = family_table(family_rows, keys)
+            md[family_name], web[family_name] = family_table(family_rows, keys), family_table(family_rows, keys, "html")
+            md[f"{family_name} performance"] = performance_table(family_rows)
+            web[f"{family_name} performance"] = performance_table(family_rows, "html")
     if params.pairs:
-        tables["speculative decoding"] = pair_section(params, gate)
-    text = markdown(tables, gate)
+        md["speculative decoding"] = pair_section(params, gate)
+        web["speculative decoding"] = f"<pre>{html.escape(md['speculative decoding'])}</pre>"
+    text = markdown(md, gate)
     write_text(REPORT_PATH, text)
+    write_text(HTML_PATH, html_page(web, images, gate))
     print(text)
 
 

@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from stages.common import (artifact_dir, available_devices, device_present, log, read_json, setup_logging,
-                           validation_metrics_path, validation_outputs_dir, write_json)
+from stages.common import (RUNTIME_PACKAGES, artifact_dir, available_devices, device_names, device_present, log,
+                           read_json, setup_logging, software_versions, validation_metrics_path,
+                           validation_outputs_dir, write_json)
 from stages.families import get_family
 from stages.params import Params, load_params, load_stage_params, stage_parser
 
@@ -19,12 +22,37 @@ class ValidateError(SystemExit):
     pass
 
 
-def measure(family, artifact: Path, device: str, params: Params, precision: str) -> dict:
+def _performance_child(family_name: str, artifact: str, device: str, params: Params, precision: str) -> dict:
+    import resource
+
+    result = get_family(family_name).performance(Path(artifact), device, params, precision)
+    return {**result, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def performance(family_name: str, artifact: Path, device: str, params: Params, precision: str) -> dict:
+    """The family's fixed, warmed-up workload in a fresh process, so the peak RSS is this artifact's alone
+    (the process's whole footprint: runtime, compiled model and the pipeline's buffers)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_performance_child, family_name, str(artifact), device, params, precision).result()
+
+
+def measure(family, artifact: Path, device: str, params: Params, precision: str) -> tuple[dict, dict]:
+    """Accuracy (and performance, when enabled) of one artifact on one device: (device result, outputs)."""
     result = family.validate(artifact, device, params, precision)
-    return {"device": device, "metrics": result.metrics, "info": result.info, "outputs": result.outputs}
+    metrics = dict(result.metrics)
+    if params.validate_settings.performance:
+        metrics |= performance(family.name, artifact, device, params, precision)
+    return {"status": "validated", "metrics": metrics, "info": result.info}, result.outputs
+
+
+def absent(device: str) -> dict:
+    return {"status": "not_validated",
+            "reason": f"device {device} is not present on this host (available: "
+                      f"{', '.join(available_devices()) or 'none'})"}
 
 
 def validate(params: Params, model: str, variant_name: str) -> dict:
+    """Validate on every target device present; record per-device results, the first validated one as primary."""
     spec, variant = params.spec(model), params.variants[variant_name]
     family = get_family(spec.family)
     artifact = artifact_dir(model, variant_name)
@@ -33,26 +61,34 @@ def validate(params: Params, model: str, variant_name: str) -> dict:
     settings = params.validate_settings
     precision = settings.inference_precision
     manifest = read_json(artifact / "manifest.json")
-    record = {"model": model, "variant": variant_name, "family": spec.family, "target_device": variant.target,
-              "inference_precision": precision, "size_bytes": manifest["size_bytes"],
-              "weight_bitwidths": manifest["weight_bitwidths"]}
-    outputs: dict = {}
-    if device_present(variant.target):
-        run = measure(family, artifact, variant.target, params, precision)
-        record |= {"status": "validated", "metrics": run["metrics"], "info": run["info"]}
-        outputs = run["outputs"]
-    else:
-        reason = f"target device {variant.target} is not present on this machine (available: " \
-                 f"{', '.join(available_devices())})"
-        log.warning("%s/%s not validated: %s", model, variant_name, reason)
-        record |= {"status": "not_validated", "reason": reason, "metrics": {}}
+    names = device_names()
+    devices, outputs = {}, None
+    for device in variant.targets:
+        if device not in names:
+            devices[device] = absent(device)
+            log.warning("%s/%s not validated on %s: %s", model, variant_name, device, devices[device]["reason"])
+            continue
+        devices[device], device_outputs = measure(family, artifact, device, params, precision)
+        devices[device]["device_name"] = names[device]
+        outputs = device_outputs if outputs is None else outputs
+    validated = [d for d in variant.targets if devices[d]["status"] == "validated"]
+    record = {"model": model, "variant": variant_name, "family": spec.family, "targets": variant.targets,
+              "inference_precision": precision, "software": software_versions(RUNTIME_PACKAGES),
+              "size_bytes": manifest["size_bytes"],
+              "weight_bitwidths": manifest["weight_bitwidths"],
+              "status": "not_validated" if not validated else
+              "validated" if len(validated) == len(variant.targets) else "partial",
+              "device": validated[0] if validated else None,
+              "metrics": devices[validated[0]]["metrics"] if validated else {},
+              "devices": devices}
+    if not validated:
+        record["reason"] = "; ".join(f"{d}: {r['reason']}" for d, r in devices.items())
         proxy = settings.proxy_device
-        if proxy and proxy != variant.target and device_present(proxy):
-            run = measure(family, artifact, proxy, params, precision)
-            record["proxy"] = {"device": proxy, "metrics": run["metrics"], "info": run["info"],
-                               "note": f"measured on {proxy}, not on the target {variant.target}"}
-            outputs = run["outputs"]
-    write_json(validation_outputs_dir(model, variant_name) / "outputs.json", outputs)
+        if proxy and proxy not in variant.targets and proxy in names:
+            run, outputs = measure(family, artifact, proxy, params, precision)
+            record["proxy"] = {"device": proxy, "device_name": names[proxy], "metrics": run["metrics"],
+                               "info": run["info"], "note": f"measured on {proxy}, not on a target device"}
+    write_json(validation_outputs_dir(model, variant_name) / "outputs.json", outputs or {})
     write_json(validation_metrics_path(model, variant_name), record)
     log.info("%s/%s: %s %s", model, variant_name, record["status"], record["metrics"] or record.get("proxy", {}))
     return record

@@ -50,6 +50,16 @@ def test_default_pipeline_on_real_smollm2(tmp_path):
     assert 0 <= pair["metrics"]["acceptance_rate"] <= 1 and pair["sweep"][0]["proposed_tokens"] > 0
 
     gate = json.loads((tmp_path / "metrics/gate.json").read_text())
-    assert gate["passed"] and gate["counts"]["not_validated"] == 2
+    # no GPU or NPU here: int8 and int4-cpu on GPU, int4-npu on NPU, for both models
+    assert gate["passed"] and gate["counts"]["not_validated"] == 6
     report = (tmp_path / "reports/summary.md").read_text()
     assert "smollm2-135m/int4-cpu" in report and "wer_librivox" in report and "smollm2-d10" in report
+
+    perf = metrics("int4-cpu")["devices"]["CPU"]["metrics"]
+    assert perf["ttft_ms"] > 0 and perf["tpot_ms"] > 0 and perf["peak_rss_mb"] > 100
+    assert metrics("fp16", "whisper-tiny-en")["metrics"]["rtf"] > 0
+    release = json.loads((tmp_path / "release/manifest.json").read_text())
+    released = {a["name"] for a in release["artifacts"] if a["released"]}
+    assert "smollm2-135m/int4-cpu" in released and "smollm2-135m/int4-npu" not in released
+    card = (tmp_path / "release/smollm2-135m/int4-cpu/README.md").read_text()
+    assert "license: apache-2.0" in card and "group_size=64" in card and "sha256:b179c952" in card

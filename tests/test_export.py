@@ -21,7 +21,7 @@ def test_int4_and_int8_exports_carry_their_recipe(fetched):
     rt_info = int4["rt_info"]["openvino_model.xml"]
     assert rt_info["mode"] == "int4_asym" and rt_info["group_size"] == "32"
     assert int4["weight_bitwidths"].get("u4", 0) > 0.5
-    assert int4["recipe"]["group_size"] == 32 and int4["target"] == "CPU"
+    assert int4["recipe"]["group_size"] == 32 and int4["targets"] == ["CPU"]
     for name in ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml", "config.json"):
         assert (fetched / "models/tiny/int4" / name).is_file()
     int8 = json.loads((fetched / "models/tiny/int8/manifest.json").read_text())

@@ -8,12 +8,18 @@ from stages.params import load_params
 from tests.conftest import run_stage, write_params
 
 
-def record(project, variant, status="validated", **metrics):
+def record(project, variant, status="validated", absent=(), **metrics):
+    """A validation record as stages.validate writes it: validated on CPU (unless not_validated), plus a
+    not_validated entry for each device in `absent`."""
     path = project / "metrics/validate/tiny" / f"{variant}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"status": status, "metrics": metrics}
-    if status != "validated":
-        body["reason"] = "target device NPU is not present"
+    missing = {"status": "not_validated", "reason": "device {} is not present on this host"}
+    devices = {d: {**missing, "reason": missing["reason"].format(d)} for d in absent}
+    if status == "validated":
+        devices = {"CPU": {"status": "validated", "metrics": metrics}, **devices}
+    body = {"status": status if not absent or status != "validated" else "partial",
+            "device": "CPU" if status == "validated" else None,
+            "metrics": metrics if status == "validated" else {}, "devices": devices}
     path.write_text(json.dumps(body))
 
 
@@ -28,7 +34,7 @@ def validated(project):
     record(project, "fp16", perplexity=50.0)
     record(project, "int8", perplexity=51.0)
     record(project, "int4", perplexity=60.0)
-    record(project, "int4-npu", status="not_validated")
+    record(project, "int4-npu", status="not_validated", absent=["NPU"])
     return project
 
 
@@ -41,7 +47,18 @@ def test_within_thresholds_passes_and_not_validated_is_reported(validated):
     rows, _ = gate.evaluate(load_params())
     assert {r.status for r in rows if r.artifact != "tiny/int4-npu"} == {"pass"}
     (npu,) = rows_for("tiny/int4-npu")
-    assert npu.status == "not_validated" and "NPU" in npu.note
+    assert npu.status == "not_validated" and npu.device == "NPU" and "NPU" in npu.note
+
+
+def test_each_target_device_is_gated(validated):
+    record(validated, "int4", absent=["GPU"], perplexity=60.0)
+    rows = rows_for("tiny/int4")
+    assert {(r.device, r.status) for r in rows} == {("CPU", "pass"), ("GPU", "not_validated")}
+    assert "device GPU is not present" in [r for r in rows if r.device == "GPU"][0].note
+    params = yaml.safe_load((validated / "params.yaml").read_text())
+    params["gate"]["mode"] = "release"
+    write_params(validated, params)
+    assert {(r.device, r.status) for r in rows_for("tiny/int4")} == {("CPU", "pass"), ("GPU", "fail")}
 
 
 def test_relative_breach_fails_with_value_threshold_and_reference(validated):

@@ -39,7 +39,7 @@ def test_wrong_type_is_named(tmp_path, base):
 def test_npu_refuses_asymmetric_or_groupwise_int4(tmp_path, base):
     bad = copy.deepcopy(base)
     bad["variants"]["int4-npu"]["sym"] = False
-    assert "variants.int4-npu: target NPU: int4 must be channel-wise symmetric" in error_for(tmp_path, bad)
+    assert "variants.int4-npu.targets: NPU needs int4 to be channel-wise symmetric" in error_for(tmp_path, bad)
     bad = copy.deepcopy(base)
     bad["variants"]["int4-npu"]["group_size"] = 64
     assert "group_size=64" in error_for(tmp_path, bad)
@@ -95,7 +95,7 @@ def test_npu_refusal_through_export_cli_writes_nothing(project):
     write_params(project, params)
     proc = run_stage("stages.export", "--model", "tiny", "--variant", "int4-npu", check=False)
     assert proc.returncode != 0
-    assert proc.stderr.strip().endswith("variants.int4-npu: target NPU: int4 must be channel-wise symmetric "
+    assert proc.stderr.strip().endswith("variants.int4-npu.targets: NPU needs int4 to be channel-wise symmetric "
                                         "(sym: true, group_size: -1); got sym=True, group_size=64")
     assert_nothing_written(project / "models")
 

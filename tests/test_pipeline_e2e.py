@@ -21,7 +21,7 @@ def ran(output):
 
 def test_repro_then_noop_then_only_changed_variant(project):
     out = dvc("repro", cwd=project)
-    expected = {"evalsets", "speechsets", "fetch@tiny", "gate", "report"} | {
+    expected = {"devices", "evalsets", "speechsets", "fetch@tiny", "gate", "report", "release"} | {
         f"{s}-llm@tiny-{v}" for s in ("export", "validate") for v in ("fp16", "int8", "int4", "int4-npu")}
     assert ran(out) == expected
     report = (project / "reports/summary.md").read_text()
@@ -30,11 +30,12 @@ def test_repro_then_noop_then_only_changed_variant(project):
     assert {p["artifact"] for p in plot} == {"tiny/fp16", "tiny/int8", "tiny/int4", "tiny/int4-npu"}
     assert {p["metric"] for p in plot} == {"perplexity"}
 
-    assert ran(dvc("repro", cwd=project)) == set()
+    assert ran(dvc("repro", cwd=project)) == {"devices"}  # always runs; unchanged devices re-run nothing else
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["variants"]["int4"]["group_size"] = 64
     write_params(project, params)
-    assert ran(dvc("repro", cwd=project)) == {"export-llm@tiny-int4", "validate-llm@tiny-int4", "gate", "report"}
+    assert ran(dvc("repro", cwd=project)) == {"devices", "export-llm@tiny-int4", "validate-llm@tiny-int4", "gate",
+                                              "report", "release"}
     manifest = json.loads((project / "models/tiny/int4/manifest.json").read_text())
     assert manifest["rt_info"]["openvino_model.xml"]["group_size"] == "64"

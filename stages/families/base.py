@@ -25,6 +25,9 @@ class Validation:
 class Family:
     name: str = ""
     task: str = ""  # optimum task, e.g. text-generation-with-past
+    latency_metric: str = ""  # the performance metric plotted against size
+    pipeline_tag: str = ""  # the Hugging Face hub pipeline tag, for model cards
+    usage: str = ""  # a model card's code sample; {path} and {device} are filled in
     library: str = "transformers"
 
     def export(self, checkpoint: Path, variant: Variant, out: Path, calibration: Optional[list[str]] = None,
@@ -57,6 +60,10 @@ class Family:
 
     def validate(self, artifact: Path, device: str, params: Params, precision: str) -> Validation:
         raise NotImplementedError
+
+    def performance(self, artifact: Path, device: str, params: Params, precision: str) -> dict[str, float]:
+        """Speed on a fixed, warmed-up workload (load + compile time included); run in its own process."""
+        return {}
 
     def compare(self, reference_outputs: dict, outputs: dict) -> dict[str, float]:
         """Metrics of an artifact's outputs relative to the reference variant's outputs."""

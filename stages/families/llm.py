@@ -53,20 +53,27 @@ def perplexity(artifact: Path, text: str, device: str, precision: str, context_l
     return {"perplexity": float(np.exp(total / count)), "eval_tokens": int(count)}
 
 
-def generate(artifact: Path, prompts: list[str], device: str, precision: str, max_new_tokens: int) -> dict:
+def generate(artifact: Path, prompts: list[str], device: str, precision: str, max_new_tokens: int) -> list[dict]:
+    """Greedy replies (stopping at EOS), compared across variants."""
+    import openvino_genai as ov_genai
+
+    pipe = ov_genai.LLMPipeline(str(artifact), device, INFERENCE_PRECISION_HINT=precision)
+    config = ov_genai.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False)
+    return [{"prompt": p, "output": pipe.generate([p], config).texts[0]}
+            for p in tqdm(prompts, desc=f"generate {artifact.name}", unit="prompt")]
+
+
+def performance(artifact: Path, device: str, precision: str, prompts: list[str], new_tokens: int) -> dict:
+    """Load + compile time, then TTFT / TPOT / throughput over the prompts after a warm-up, each generating
+    exactly `new_tokens` (EOS ignored) so variants do the same work."""
     import openvino_genai as ov_genai
 
     start = time.perf_counter()
     pipe = ov_genai.LLMPipeline(str(artifact), device, INFERENCE_PRECISION_HINT=precision)
     load_s = time.perf_counter() - start
-    config = ov_genai.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False)
-    texts, tpot = [], []
-    for prompt in tqdm(prompts, desc=f"generate {artifact.name}", unit="prompt"):
-        result = pipe.generate([prompt], config)
-        texts.append(result.texts[0])
-        tpot.append(result.perf_metrics.get_tpot().mean)
-    return {"generations": [{"prompt": p, "output": t} for p, t in zip(prompts, texts)],
-            "load_s": load_s, "tpot_ms": float(np.mean(tpot))}
+    config = ov_genai.GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True, do_sample=False)
+    _, perf, _ = _generate_all(pipe, prompts, config, f"performance {artifact.name}")
+    return {"load_s": load_s, "ttft_ms": float(perf.get_ttft().mean), **_timing(perf)}
 
 
 def text_similarity(a: str, b: str) -> float:
@@ -78,9 +85,19 @@ def text_similarity(a: str, b: str) -> float:
 class LLMFamily(Family):
     name = "llm"
     task = "text-generation-with-past"
+    latency_metric = "tpot_ms"
+    pipeline_tag = "text-generation"
+    usage = """import openvino_genai as ov_genai
+
+pipe = ov_genai.LLMPipeline("{path}", "{device}")
+print(pipe.generate("What is OpenVINO?", max_new_tokens=100))
+
+# or with optimum-intel
+from optimum.intel import OVModelForCausalLM
+model = OVModelForCausalLM.from_pretrained("{path}")"""
 
     def report_metrics(self, params: Params) -> list[str]:
-        return ["perplexity", "generation_similarity", "tpot_ms"]
+        return ["perplexity", "generation_similarity", "generation_exact_match"]
 
     def settings(self, params: Params) -> LLMValidation:
         return params.validate_settings.llm
@@ -90,12 +107,15 @@ class LLMFamily(Family):
 
         s = self.settings(params)
         ppl = perplexity(artifact, eval_text(s.eval_set), device, precision, s.context_length, s.max_tokens)
-        gen = generate(artifact, s.prompts, device, precision, s.max_new_tokens)
         return Validation(
-            metrics={**ppl, "tpot_ms": gen["tpot_ms"], "load_s": gen["load_s"]},
-            outputs={"generations": gen["generations"]},
+            metrics=ppl,
+            outputs={"generations": generate(artifact, s.prompts, device, precision, s.max_new_tokens)},
             info={"eval_set": s.eval_set, "context_length": s.context_length},
         )
+
+    def performance(self, artifact: Path, device: str, params: Params, precision: str) -> dict[str, float]:
+        s = self.settings(params)
+        return performance(artifact, device, precision, s.prompts, s.max_new_tokens)
 
     def compare(self, reference_outputs: dict, outputs: dict) -> dict[str, float]:
         ref = [g["output"] for g in reference_outputs.get("generations", [])]

@@ -1,0 +1,237 @@
+"""Regression gate: compare metrics/gate.json now with its state at a baseline git revision.
+
+    python -m stages.regress [--baseline REV] [--params params.yaml]
+
+Every artifact x device x metric of the baseline that a `regression.rules` entry covers must have changed by no
+more than the rule allows (max_increase / max_increase_pct / max_decrease / max_decrease_pct; every covering rule
+must hold). A metric the baseline has and the workspace lacks fails ("missing now"), unless its device is not
+validated on this host (not_compared); metrics new since the baseline are listed as "new". The baseline defaults
+to params `regression.baseline`. Writes metrics/regression.json and exits 1 on any failure.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass
+from fnmatch import fnmatchcase
+from typing import Optional
+
+from tabulate import tabulate
+
+from stages.common import METRICS, log, read_json, setup_logging, write_json
+from stages.gate import GATE_PATH
+from stages.params import RegressionRule, load_stage_params, stage_parser
+
+REGRESSION_PATH = METRICS / "regression.json"
+
+
+class RegressError(SystemExit):
+    """A gate.json that cannot be read (baseline revision or workspace): one line on stderr, exit 1."""
+
+
+@dataclass
+class Row:
+    artifact: str
+    device: str
+    metric: str
+    old: Optional[float]
+    new: Optional[float]
+    change: str
+    allowed: str
+    status: str  # pass | fail | not_compared | new
+    note: str = ""
+
+
+# ---------------------------------------------------------------- reading both sides
+def read_baseline(rev: str) -> dict:
+    """metrics/gate.json at git revision `rev`, read by DVC's metrics machinery (what `dvc metrics diff` uses).
+
+    `targets=[gate.json]` reads the file straight from the revision's git tree: it needs neither dvc.lock nor the
+    gate stage to have run there (checked on dvc 3.67: a dvc.lock-free commit gives the same data), and does not
+    depend on the baseline's dvc.yaml parsing. DVC drops nulls, lists (`rows`) and empty dicts from metrics files;
+    the per-device metrics we compare survive."""
+    from dvc.exceptions import DvcException, NotDvcRepoError
+    from dvc.repo import Repo
+    from dvc.scm import SCMError
+
+    if rev == "workspace":
+        raise RegressError("--baseline: 'workspace' is the current side; give a git revision, branch or tag")
+    try:
+        with Repo(".") as repo:
+            shown = repo.metrics.show(targets=[str(GATE_PATH)], revs=[rev], on_error="return")
+    except NotDvcRepoError:
+        raise RegressError("not in a DVC project: run stages.regress from the pipeline's root") from None
+    except SCMError as e:
+        raise RegressError(f"baseline revision '{rev}' not found in git ({e})") from None
+    except DvcException as e:
+        raise RegressError(f"baseline revision '{rev}': cannot read {GATE_PATH}: {e}") from None
+    return baseline_data(rev, shown)
+
+
+def baseline_data(rev: str, shown: dict) -> dict:
+    """The gate.json data out of Repo.metrics.show()'s {rev: {"data": {path: {"data" | "error"}}}}."""
+    if rev not in shown:  # DVC skips a revision from before `dvc init`
+        raise RegressError(f"baseline revision '{rev}' has no DVC project")
+    result = shown[rev].get("data", {}).get(str(GATE_PATH)) or {"error": shown[rev].get("error")}
+    if "data" not in result:
+        error = result.get("error")
+        why = "not committed there" if isinstance(error, FileNotFoundError) or error is None else error
+        raise RegressError(f"baseline revision '{rev}' has no readable {GATE_PATH} ({why})")
+    data = result["data"]
+    artifacts = data.get("artifacts")
+    if not isinstance(artifacts, dict) or any("family" not in a for a in artifacts.values()):
+        raise RegressError(f"baseline revision '{rev}': {GATE_PATH} has no per-artifact family/device metrics "
+                           "(written by an older stages.gate); nothing to compare against")
+    return data
+
+
+def read_current() -> dict:
+    if not GATE_PATH.is_file():
+        raise RegressError(f"{GATE_PATH} not found in the workspace: run `python -m stages.gate` first")
+    data = read_json(GATE_PATH)
+    if not isinstance(data.get("artifacts"), dict):
+        raise RegressError(f"{GATE_PATH} in the workspace has no 'artifacts' section: rerun `python -m stages.gate`")
+    return data
+
+
+def numbers(metrics: Optional[dict]) -> dict[str, float]:
+    return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def unvalidated_reasons(gate: dict) -> dict[tuple[str, str], str]:
+    """(artifact, device) -> why the gate reported it not_validated (its row note)."""
+    return {(r.get("artifact"), r.get("device")): r.get("note", "") for r in gate.get("rows") or []
+            if r.get("status") == "not_validated"}
+
+
+# ---------------------------------------------------------------- rules
+def applicable(rules: list[RegressionRule], name: str, family: Optional[str], metric: str) -> list[RegressionRule]:
+    return [r for r in rules if (r.family is None or r.family == family)
+            and (r.artifacts is None or any(fnmatchcase(name, p) for p in r.artifacts))
+            and fnmatchcase(metric, r.metric)]
+
+
+def bounds(rule: RegressionRule) -> list[tuple[str, float, bool, bool]]:
+    """(text, limit, is_increase, is_percent) for each bound the rule sets."""
+    spec = ((rule.max_increase, True, False), (rule.max_increase_pct, True, True),
+            (rule.max_decrease, False, False), (rule.max_decrease_pct, False, True))
+    return [(f"{'+' if up else '-'}{limit:g}{'%' if pct else ''}", limit, up, pct)
+            for limit, up, pct in spec if limit is not None]
+
+
+def allowed_text(rules: list[RegressionRule]) -> str:
+    return ", ".join(dict.fromkeys(text for r in rules for text, *_ in bounds(r)))
+
+
+def percent(old: float, delta: float) -> float:
+    if old:
+        return delta / abs(old) * 100
+    return 0.0 if delta == 0 else math.copysign(math.inf, delta)  # any change from 0 is unbounded in %
+
+
+def within(change: float, limit: float) -> bool:
+    return change <= limit or math.isclose(change, limit, rel_tol=1e-9, abs_tol=1e-12)  # NaN: False
+
+
+def breaches(rule: RegressionRule, old: float, delta: float) -> list[str]:
+    pct = percent(old, delta)
+    found = []
+    for text, limit, up, is_pct in bounds(rule):
+        change = (pct if is_pct else delta) * (1 if up else -1)
+        if not within(change, limit):
+            found.append(f"{'+' if up else '-'}{change:.4g}{'%' if is_pct else ''} beyond {text}")
+    return found
+
+
+def change_text(old: float, delta: float) -> str:
+    return f"{delta:+.4g} ({percent(old, delta):+.1f}%)" if old else f"{delta:+.4g}"
+
+
+# ---------------------------------------------------------------- rows
+def metric_row(name: str, device: str, metric: str, old: Optional[float], new: Optional[float], status: str,
+               rules: list[RegressionRule], reason: str) -> Row:
+    """One covered metric; `status` is the device's state now (validated, not_validated, refused, gone ...)."""
+    row = Row(name, device, metric, old, new, "-", allowed_text(rules), "")
+    if old is None:
+        row.status, row.note = "new", "not in the baseline"
+    elif new is not None:
+        broken = list(dict.fromkeys(b for r in rules for b in breaches(r, old, new - old)))
+        row.change, row.status, row.note = change_text(old, new - old), "fail" if broken else "pass", "; ".join(broken)
+    elif status == "not_validated":
+        row.status, row.note = "not_compared", reason or f"{device} not validated on this host"
+    else:
+        row.status, row.note = "fail", f"missing now ({'metric absent' if status == 'validated' else status})"
+    return row
+
+
+def device_rows(name: str, family: Optional[str], device: str, old_dev: Optional[dict], new_dev: dict,
+                rules: list[RegressionRule], reason: str) -> list[Row]:
+    old_metrics = numbers((old_dev or {}).get("metrics"))
+    status = new_dev.get("status", "unknown")
+    new_metrics = numbers(new_dev.get("metrics")) if status == "validated" else {}
+    rows = []
+    for metric in dict.fromkeys([*old_metrics, *new_metrics]):
+        covering = applicable(rules, name, family, metric)
+        if covering:
+            rows.append(metric_row(name, device, metric, old_metrics.get(metric), new_metrics.get(metric), status,
+                                   covering, reason))
+    return rows
+
+
+def artifact_rows(name: str, old: Optional[dict], new: Optional[dict], rules: list[RegressionRule],
+                  reasons: dict) -> list[Row]:
+    family = (old or new).get("family")
+    old_devices, new_devices = (old or {}).get("devices") or {}, (new or {}).get("devices") or {}
+    rows = []
+    for device in dict.fromkeys([*old_devices, *new_devices]):
+        gone = {"status": "artifact gone" if new is None else
+                f"no {device} result, artifact {new.get('status', 'unknown')}"}
+        rows += device_rows(name, family, device, old_devices.get(device), new_devices.get(device, gone), rules,
+                            reasons.get((name, device), ""))
+    return rows
+
+
+def evaluate(baseline: dict, current: dict, rules: list[RegressionRule]) -> list[Row]:
+    old, new = baseline["artifacts"], current["artifacts"]
+    reasons = unvalidated_reasons(current)
+    rows = []
+    for name in dict.fromkeys([*old, *new]):
+        rows += artifact_rows(name, old.get(name), new.get(name), rules, reasons)
+    return rows
+
+
+def fmt(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def table(rows: list[Row], tablefmt: str = "simple") -> str:
+    return tabulate([[r.artifact, r.device, r.metric, fmt(r.old), fmt(r.new), r.change, r.allowed, r.status.upper(),
+                      r.note] for r in rows],
+                    headers=["artifact", "device", "metric", "old", "new", "change", "allowed", "status", "note"],
+                    tablefmt=tablefmt, disable_numparse=True)
+
+
+def main(argv=None) -> int:
+    ap = stage_parser(__doc__)
+    ap.add_argument("--baseline", help="git revision, branch or tag to compare with "
+                                       "(default: params regression.baseline)")
+    args = ap.parse_args(argv)
+    setup_logging()
+    settings = load_stage_params(args).regression
+    rev = args.baseline or settings.baseline
+    if not settings.rules:
+        log.warning("params regression.rules is empty: no metric is compared")
+    rows = evaluate(read_baseline(rev), read_current(), settings.rules)
+    failed = [r for r in rows if r.status == "fail"]
+    write_json(REGRESSION_PATH, {"baseline": rev, "passed": not failed, "rows": [asdict(r) for r in rows]})
+    print(table(rows) if rows else f"no metric in {GATE_PATH} is covered by regression.rules")
+    if failed:
+        print(f"\nREGRESSION: {len(failed)} metric(s) worse than allowed vs {rev}", file=sys.stderr)
+        return 1
+    counts = {s: sum(r.status == s for r in rows) for s in ("pass", "not_compared", "new")}
+    print(f"\nno regression vs {rev}: {counts}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
