@@ -6,6 +6,7 @@ cards) and release/manifest.json listing every artifact with its files' sha256, 
 
 An artifact is released when the gate has no failing row for it and it was validated on at least one target
 device (in dev mode a target device absent here is listed on the card; release mode's gate fails on it).
+A draft is released when a pair using it was validated and passed the gate; its card shows the pairs.
 """
 from __future__ import annotations
 
@@ -54,7 +55,16 @@ Weight precisions (share of weights): {{ bitwidths }}. Size on disk: {{ "%.1f" |
 ## Validation
 
 Release status: **{{ "released" if released else "withheld" }}** ({{ reason }}); gate mode `{{ gate_mode }}`.
+{% if pairs %}
+A draft for speculative decoding, validated through `openvino_genai.LLMPipeline(main, draft_model=...)`:
+greedy output must equal the main alone's.
 
+| pair | main | devices (main + draft) | status | output match | acceptance | TPOT speedup |
+|---|---|---|---|---|---|---|
+{% for p in pairs -%}
+| {{ p.name }} | {{ p.main }} | {{ p.devices }} | {{ p.status }} | {{ p.output_match }} | {{ p.acceptance }} | {{ p.speedup }} |
+{% endfor %}
+{%- else %}
 | device | status | {{ metric_keys | join(" | ") }} |
 |---|---|{% for _ in metric_keys %}---|{% endfor %}
 {% for d in devices -%}
@@ -66,11 +76,12 @@ Release status: **{{ "released" if released else "withheld" }}** ({{ reason }});
 
 Evaluation: {{ eval_info }}. Inference precision {{ precision }}.
 Performance after one warm-up on fixed inputs; peak RSS of a fresh process.
+{%- endif %}
 
 ## Software
 
 - Exported with: {{ export_software }}
-- Validated with: {{ runtime_software }}
+- Validated with: {{ runtime_versions }}
 
 ## Running the model
 
@@ -93,55 +104,89 @@ def base_model(source: dict) -> tuple[str, str | None]:
     return f"{src.get('type', 'local')} file `{where}`", None
 
 
-def decision(gate: dict, name: str, record: dict) -> tuple[bool, str]:
-    failed = [r for r in gate["rows"] if r["artifact"] == name and r["status"] == "fail"]
-    if failed:
-        return False, "gate failed: " + ", ".join(f"{r['metric']} on {r['device']}" for r in failed)
-    validated = [d for d, r in record.get("devices", {}).items() if r["status"] == "validated"]
-    if not validated:
-        return False, "not validated on any target device"
-    return True, f"gate passed on {', '.join(validated)}"
+DRAFT_USAGE = """import openvino_genai as ov_genai
+
+pipe = ov_genai.LLMPipeline("{main}", "{device}", draft_model=ov_genai.draft_model("{path}", "{device}"))
+config = ov_genai.GenerationConfig(max_new_tokens=100, num_assistant_tokens=3)
+print(pipe.generate("What is OpenVINO?", config))"""
 
 
-def device_rows(record: dict, keys: list[str]) -> list[dict]:
-    return [{"device": d, "name": r.get("device_name"), "status": r["status"], "reason": r.get("reason"),
-             "cells": [fmt(r.get("metrics", {}).get(k)) for k in keys]} for d, r in record["devices"].items()]
+def failed_rows(gate: dict, name: str) -> list[dict]:
+    return [r for r in gate["rows"] if r["artifact"] == name and r["status"] == "fail"]
 
 
-def card(params: Params, gate: dict, model: str, variant: str) -> tuple[str, dict]:
-    """The card text and the artifact's manifest entry."""
-    name = f"{model}/{variant}"
-    family = get_family(params.spec(model).family)
-    manifest = read_json(artifact_dir(model, variant) / "manifest.json")
+def main_validation(params: Params, gate: dict, model: str, variant: str) -> dict:
+    """Card context, release decision and devices of a main artifact, from its validation record."""
+    name, family = f"{model}/{variant}", get_family(params.spec(model).family)
     record = read_json(validation_metrics_path(model, variant))
-    released, reason = decision(gate, name, record)
-    text_base, hub_id = base_model(manifest["source"])
-    spec, recipe = params.spec(model), params.variants[variant]
-    tags = ["openvino", "nncf", recipe.weight_format, *[t.lower() for t in recipe.targets]]
-    front = {"license": spec.license or "other", **({"base_model": hub_id, "base_model_relation": "quantized"}
-                                                     if hub_id else {}),
-             "library_name": "openvino", "pipeline_tag": family.pipeline_tag, "tags": tags}
+    validated = [d for d, r in record["devices"].items() if r["status"] == "validated"]
+    failed = failed_rows(gate, name)
+    released, reason = (False, "gate failed: " + ", ".join(f"{r['metric']} on {r['device']}" for r in failed)) \
+        if failed else (False, "not validated on any target device") if not validated else \
+        (True, f"gate passed on {', '.join(validated)}")
     measured = {k for r in record["devices"].values() for k in r.get("metrics", {})}
     keys = family.report_metrics(params) + [k for k in PERFORMANCE if k in measured]
     infos = [r.get("info") for r in record["devices"].values() if r.get("info")]
+    return {"released": released, "reason": reason, "validated_on": validated, "pairs": [], "metric_keys": keys,
+            "devices": [{"device": d, "name": r.get("device_name"), "status": r["status"], "reason": r.get("reason"),
+                         "cells": [fmt(r.get("metrics", {}).get(k)) for k in keys]}
+                        for d, r in record["devices"].items()],
+            "eval_info": infos[0] if infos else "not run", "precision": record.get("inference_precision"),
+            "runtime_software": record.get("software", {}),
+            "usage": family.usage.format(path=name.replace("/", "-"), device=params.variants[variant].target)}
+
+
+def draft_validation(params: Params, gate: dict, name: str) -> dict:
+    """Card context and release decision of a draft: released when a pair using it was validated and passed."""
+    rows, served = [], []
+    for pair_name, pair in ((n, p) for n, p in params.pairs.items() if p.draft == name):
+        rec = gate["artifacts"].get(f"pair:{pair_name}", {"status": "missing", "metrics": {}})
+        m = rec["metrics"]
+        rows.append({"name": pair_name, "main": pair.main, "devices": rec.get("device") or "-",
+                     "status": rec["status"], "output_match": fmt(m.get("output_match")),
+                     "acceptance": fmt(m.get("acceptance_rate"), ".3f"), "speedup": fmt(m.get("tpot_speedup"), ".2f")})
+        if rec["status"] == "validated" and not failed_rows(gate, f"pair:{pair_name}"):
+            served.append((pair_name, pair, rec.get("device") or "CPU"))
+    reason = f"validated as the draft of {', '.join(p for p, _, _ in served)}" if served else \
+        "no validated pair uses it" + (f" ({', '.join(r['name'] + ': ' + r['status'] for r in rows)})" if rows else "")
+    device = served[0][2].split("+")[-1] if served else "CPU"
+    main = served[0][1].main.replace("/", "-") if served else "<main>"
+    return {"released": bool(served), "reason": reason, "validated_on": sorted({d for *_, d in served}),
+            "pairs": rows, "metric_keys": [], "devices": [], "eval_info": "", "precision": "",
+            "runtime_software": {}, "usage": DRAFT_USAGE.format(main=main, path=name.replace("/", "-"),
+                                                                 device=device)}
+
+
+def card(params: Params, gate: dict, model: str, variant: str, role: str = "main") -> tuple[str, dict]:
+    """The card text and the artifact's manifest entry; `role` is main (an llm/whisper build) or draft."""
+    name = f"{model}/{variant}"
+    spec, recipe = params.spec(model), params.variants[variant]
+    family = get_family(spec.family)
+    manifest = read_json(artifact_dir(model, variant) / "manifest.json")
+    ctx = main_validation(params, gate, model, variant) if role == "main" else draft_validation(params, gate, name)
+    text_base, hub_id = base_model(manifest["source"])
+    tags = ["openvino", "nncf", recipe.weight_format, *[t.lower() for t in recipe.targets]] + \
+        (["speculative-decoding", "draft"] if role == "draft" else [])
+    front = {"license": spec.license or "other", **({"base_model": hub_id, "base_model_relation": "quantized"}
+                                                     if hub_id else {}),
+             "library_name": "openvino", "pipeline_tag": family.pipeline_tag, "tags": tags}
     text = CARD.render(
-        front_matter=yaml.safe_dump(front, sort_keys=False), name=name, base=text_base, source=manifest["source"],
-        summary=f"{text_base} converted to OpenVINO IR with weight format {recipe.weight_format} "
-                f"for {', '.join(recipe.targets)}.",
+        **ctx, front_matter=yaml.safe_dump(front, sort_keys=False), name=name, base=text_base,
+        source=manifest["source"], summary=f"{text_base} converted to OpenVINO IR with weight format "
+                                           f"{recipe.weight_format} for {', '.join(recipe.targets)}.",
         note=spec.note, license=spec.license, variant=variant, recipe=recipe_label(recipe),
         rt_info=manifest.get("rt_info", {}), bitwidths=manifest["weight_bitwidths"],
-        size_mb=manifest["size_bytes"] / 1e6, released=released, reason=reason, gate_mode=gate["mode"],
-        metric_keys=keys, devices=device_rows(record, keys), eval_info=infos[0] if infos else "not run",
-        precision=record.get("inference_precision"),
-        export_software=", ".join(f"{k} {v}" for k, v in manifest.get("software", {}).items()) or "not recorded",
-        runtime_software=", ".join(f"{k} {v}" for k, v in record.get("software", {}).items()) or "not recorded",
-        usage=family.usage.format(path=f"{model}-{variant}", device=recipe.target))
-    entry = {"name": name, "family": family.name, "released": released, "reason": reason,
-             "targets": recipe.targets, "validated_on": [d for d, r in record["devices"].items()
-                                                         if r["status"] == "validated"],
+        size_mb=manifest["size_bytes"] / 1e6, gate_mode=gate["mode"],
+        export_software=versions(manifest.get("software", {})), runtime_versions=versions(ctx["runtime_software"]))
+    entry = {"name": name, "family": family.name, "role": role, "released": ctx["released"],
+             "reason": ctx["reason"], "targets": recipe.targets, "validated_on": ctx["validated_on"],
              "path": artifact_dir(model, variant).as_posix(), "size_bytes": manifest["size_bytes"],
              "source": manifest["source"], "files": verified_files(model, variant, manifest)}
     return text, entry
+
+
+def versions(packages: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in packages.items()) or "not recorded"
 
 
 def verified_files(model: str, variant: str, manifest: dict) -> list[dict]:
@@ -158,14 +203,14 @@ def verified_files(model: str, variant: str, manifest: dict) -> list[dict]:
 def release(params: Params) -> dict:
     gate = read_json(GATE_PATH)
     entries = []
+    artifacts = [(m, v, "main") for b in params.builds().values() for m in b.models for v in b.variants] + \
+        [(m, v, "draft") for m in params.drafts.models for v in params.drafts.variants]
     with atomic_dir(RELEASE) as tmp:
-        for build in params.builds().values():
-            for model in build.models:
-                for variant in build.variants:
-                    text, entry = card(params, gate, model, variant)
-                    card_path = Path(model) / variant / "README.md"
-                    write_text(tmp / card_path, text)
-                    entries.append({**entry, "card": (RELEASE / card_path).as_posix()})
+        for model, variant, role in artifacts:
+            text, entry = card(params, gate, model, variant, role)
+            card_path = Path(model) / variant / "README.md"
+            write_text(tmp / card_path, text)
+            entries.append({**entry, "card": (RELEASE / card_path).as_posix()})
         manifest = {"gate_mode": gate["mode"], "gate_passed": gate["passed"],
                     "released": sum(e["released"] for e in entries), "withheld": sum(not e["released"] for e in entries),
                     "artifacts": entries}

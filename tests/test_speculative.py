@@ -91,6 +91,16 @@ def test_mismatched_draft_is_refused_with_a_diff_and_the_gate_accepts_the_negati
     assert "## speculative decoding" in report and "refused by the tokenizer check" in report
 
 
+def test_release_carries_the_validated_draft_and_withholds_the_refused_one(built):
+    root, _ = built
+    drafts = {a["name"]: a for a in read(root, "release/manifest.json")["artifacts"] if a["role"] == "draft"}
+    assert drafts["tiny-d1/int8"]["released"] and drafts["tiny-d1/int8"]["reason"] == "validated as the draft of good"
+    assert not drafts["other/int8"]["released"] and "bad: refused" in drafts["other/int8"]["reason"]
+    card = (root / "release/tiny-d1/int8/README.md").read_text()
+    assert "speculative-decoding" in card and "| good | tiny/fp16 | CPU | validated | 1 |" in card
+    assert 'draft_model=ov_genai.draft_model("tiny-d1-int8", "CPU")' in card
+
+
 def edited(root, change) -> dict:
     params = yaml.safe_load((root / "params.yaml").read_text())
     original = json.loads(json.dumps(params))
