@@ -16,12 +16,14 @@ from stages.common import METRICS, artifact_dir, read_json, setup_logging, write
 from stages.families import get_family
 from stages.gate import GATE_PATH
 from stages.params import Params, Variant, load_stage_params, stage_parser
+from stages.speculative import pair_metrics_path
 
 REPORT_PATH = Path("reports") / "summary.md"
 HTML_PATH = Path("reports") / "index.html"
 PLOTS_DIR = METRICS / "plots"
-PERFORMANCE = {"load_s": "load+compile s", "ttft_ms": "TTFT ms", "tpot_ms": "TPOT ms",
-               "throughput_tok_s": "tokens/s", "rtf": "RTF", "peak_rss_mb": "peak RSS MB"}
+PERFORMANCE = {  # metric: (column title, number format)
+    "load_s": ("load+compile s", ".2f"), "ttft_ms": ("TTFT ms", ".1f"), "tpot_ms": ("TPOT ms", ".2f"),
+    "throughput_tok_s": ("tokens/s", ".1f"), "rtf": ("RTF", ".3f"), "peak_rss_mb": ("peak RSS MB", ".0f")}
 
 
 def recipe_label(v: Variant) -> str:
@@ -41,9 +43,15 @@ def fmt(x, spec=".4g") -> str:
 
 
 def gate_status(gate: dict, name: str) -> str:
-    statuses = {r["status"] for r in gate["rows"] if r["artifact"] == name}
-    return "FAIL" if "fail" in statuses else "NOT VALIDATED" if "not_validated" in statuses else \
-        "pass" if statuses else "no rule"
+    """FAIL, or which devices passed and which were not validated, e.g. "pass (CPU); not validated: GPU"."""
+    rows = [r for r in gate["rows"] if r["artifact"] == name]
+    by_status = {s: sorted({r["device"] for r in rows if r["status"] == s}) for s in ("fail", "pass", "not_validated")}
+    if by_status["fail"]:
+        return f"FAIL ({', '.join(by_status['fail'])})"
+    parts = [f"pass ({', '.join(by_status['pass'])})"] if by_status["pass"] else []
+    if by_status["not_validated"]:
+        parts.append(f"NOT VALIDATED: {', '.join(by_status['not_validated'])}")
+    return "; ".join(parts) or "no rule"
 
 
 def artifact_rows(params: Params, gate: dict) -> list[dict]:
@@ -87,15 +95,18 @@ def performance_table(rows: list[dict], tablefmt: str = "github") -> str:
     measured += [(r["artifact"], f"({r['proxy_device']}, proxy)", r["proxy_metrics"]) for r in rows
                  if r["proxy_device"]]
     keys = [k for k in PERFORMANCE if any(k in m for _, _, m in measured)]
-    return tabulate([[name, device, *[fmt(m.get(k), ".3g") for k in keys]] for name, device, m in measured],
-                    headers=["artifact", "device", *[PERFORMANCE[k] for k in keys]], tablefmt=tablefmt)
+    return tabulate([[name, device, *[fmt(m.get(k), PERFORMANCE[k][1]) for k in keys]]
+                     for name, device, m in measured],
+                    headers=["artifact", "device", *[PERFORMANCE[k][0] for k in keys]], tablefmt=tablefmt,
+                    disable_numparse=True)
 
 
 def pair_section(params: Params, gate: dict) -> str:
     """Speculative decoding: one row per pair, then each validated pair's sweep and each refusal's diff."""
     rows, details = [], []
     for name in params.pairs:
-        rec = gate["artifacts"].get(f"pair:{name}", {})
+        path = pair_metrics_path(name)
+        rec = read_json(path) if path.is_file() else {}
         m = rec.get("metrics", {})
         rows.append([name, f"{rec.get('main', '-')} on {rec.get('main_device', '-')}",
                      f"{rec.get('draft', '-')} on {rec.get('draft_device', '-')}", rec.get("status", "missing"),

@@ -41,7 +41,8 @@ def tiny_params(checkpoint: Path, text_file: Path) -> dict:
         "derived_drafts": {},
         "drafts": {"models": [], "variants": []},
         "pairs": {},
-        "validate": {"inference_precision": "f32", "proxy_device": "CPU",
+        # performance runs in its own process per artifact: only the tests about it turn it on
+        "validate": {"inference_precision": "f32", "proxy_device": "CPU", "performance": False,
                      "llm": {"eval_set": "text", "context_length": 64, "max_tokens": 256, "max_new_tokens": 8,
                              "prompts": ["Paris is", "def main():"]},
                      "whisper": {"speech_sets": []}},

@@ -86,7 +86,6 @@ def host_a(tmp_path_factory, tiny_checkpoint):
     params["variants"] = {k: v for k, v in params["variants"].items() if k in VARIANTS}
     params["llm"]["variants"] = VARIANTS
     params["gate"]["rules"] = [r for r in params["gate"]["rules"] if set(r.get("variants", [])) <= set(VARIANTS)]
-    params["validate"]["performance"] = False  # accuracy only: halves each validate stage, timings are not tested here
     repo = base / "A"
     repo.mkdir()
     scaffold(repo, params)

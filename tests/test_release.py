@@ -18,6 +18,7 @@ def built(tmp_path_factory, tiny_checkpoint):
     text.write_text(EVAL_TEXT)
     params = tiny_params(tiny_checkpoint, text)
     params["variants"]["int4"]["targets"] = ["CPU", "GPU"]
+    params["validate"]["performance"] = True
     scaffold(root, params)
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -42,6 +42,9 @@ def test_absent_target_device_is_not_validated_with_proxy_numbers(exported):
 
 
 def test_performance_metrics_come_from_a_fresh_process(exported):
+    params = yaml.safe_load((exported / "params.yaml").read_text())
+    params["validate"]["performance"] = True
+    write_params(exported, params)
     run_stage("stages.validate", "--model", "tiny", "--variant", "fp16")
     m = json.loads((exported / "metrics/validate/tiny/fp16.json").read_text())["metrics"]
     assert 0 < m["load_s"] < 120 and m["ttft_ms"] > 0 and m["tpot_ms"] > 0 and m["throughput_tok_s"] > 0
