@@ -92,7 +92,7 @@ Performance after one warm-up on fixed inputs; peak RSS of a fresh process.
 ## Legal information
 
 The original model is distributed under the {{ license or "source's" }} licence; this artifact inherits it.
-""", undefined=jinja2.StrictUndefined, trim_blocks=False)
+""", undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
 def base_model(source: dict) -> tuple[str, str | None]:
@@ -100,6 +100,9 @@ def base_model(source: dict) -> tuple[str, str | None]:
     src = source.get("source") or {}
     if src.get("type") == "hub":
         return f"[{src['repo_id']}](https://huggingface.co/{src['repo_id']})", src["repo_id"]
+    if src.get("type") == "derived":
+        how = " and distilled from it" if src.get("distill") else ""
+        return f"the first {src['keep_layers']} decoder layers of `{src['base']}`{how}", None
     where = src.get("path") or ", ".join(src.get("parts") or src.get("model_files") or [])
     return f"{src.get('type', 'local')} file `{where}`", None
 
@@ -124,13 +127,14 @@ def main_validation(params: Params, gate: dict, model: str, variant: str) -> dic
     released, reason = (False, "gate failed: " + ", ".join(f"{r['metric']} on {r['device']}" for r in failed)) \
         if failed else (False, "not validated on any target device") if not validated else \
         (True, f"gate passed on {', '.join(validated)}")
-    measured = {k for r in record["devices"].values() for k in r.get("metrics", {})}
-    keys = family.report_metrics(params) + [k for k in PERFORMANCE if k in measured]
+    gated = gate["artifacts"].get(name, {}).get("devices", {})  # with the metrics relative to the reference
+    metrics = {d: {**r.get("metrics", {}), **gated.get(d, {}).get("metrics", {})} for d, r in record["devices"].items()}
+    keys = family.report_metrics(params) + [k for k in PERFORMANCE if any(k in m for m in metrics.values())]
     infos = [r.get("info") for r in record["devices"].values() if r.get("info")]
-    return {"released": released, "reason": reason, "validated_on": validated, "pairs": [], "metric_keys": keys,
+    return {"released": released, "reason": reason, "validated_on": validated, "pairs": [],
+            "metric_keys": [PERFORMANCE[k][0] if k in PERFORMANCE else k for k in keys],
             "devices": [{"device": d, "name": r.get("device_name"), "status": r["status"], "reason": r.get("reason"),
-                         "cells": [fmt(r.get("metrics", {}).get(k)) for k in keys]}
-                        for d, r in record["devices"].items()],
+                         "cells": [fmt(metrics[d].get(k)) for k in keys]} for d, r in record["devices"].items()],
             "eval_info": infos[0] if infos else "not run", "precision": record.get("inference_precision"),
             "runtime_software": record.get("software", {}),
             "usage": family.usage.format(path=name.replace("/", "-"), device=params.variants[variant].target)}
@@ -172,7 +176,7 @@ def card(params: Params, gate: dict, model: str, variant: str, role: str = "main
              "library_name": "openvino", "pipeline_tag": family.pipeline_tag, "tags": tags}
     text = CARD.render(
         **ctx, front_matter=yaml.safe_dump(front, sort_keys=False), name=name, base=text_base,
-        source=manifest["source"], summary=f"{text_base} converted to OpenVINO IR with weight format "
+        source=manifest["source"], summary=f"OpenVINO IR of {text_base}, weights compressed to "
                                            f"{recipe.weight_format} for {', '.join(recipe.targets)}.",
         note=spec.note, license=spec.license, variant=variant, recipe=recipe_label(recipe),
         rt_info=manifest.get("rt_info", {}), bitwidths=manifest["weight_bitwidths"],
