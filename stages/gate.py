@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass
+from fnmatch import fnmatch
 from typing import Optional
 
 from tabulate import tabulate
@@ -38,11 +39,6 @@ def load_record(model: str, variant: str) -> Optional[dict]:
     return read_json(path) if path.is_file() else None
 
 
-def load_outputs(model: str, variant: str) -> dict:
-    path = validation_outputs_dir(model, variant) / "outputs.json"
-    return read_json(path) if path.is_file() else {}
-
-
 def artifact_metrics(params: Params) -> dict[tuple[str, str], dict]:
     """Per (model, variant): the validation record; on its primary device, metrics relative to the reference
     variant's outputs are merged in."""
@@ -50,13 +46,13 @@ def artifact_metrics(params: Params) -> dict[tuple[str, str], dict]:
     for family_name, build in params.builds().items():
         family = get_family(family_name)
         for model in build.models:
-            ref_outputs = load_outputs(model, build.reference)
             for variant in build.variants:
                 record = load_record(model, variant) or {"status": "missing", "metrics": {}, "devices": {},
                                                          "reason": "no validation metrics file"}
                 primary = record.get("device")
                 if primary:
-                    compared = family.compare(ref_outputs, load_outputs(model, variant))
+                    compared = family.compare(params, validation_outputs_dir(model, build.reference),
+                                              validation_outputs_dir(model, variant))
                     record["metrics"] = {**record["metrics"], **compared}
                     record["devices"][primary]["metrics"] = record["metrics"]
                 result[(model, variant)] = record | {"family": family_name, "reference": build.reference}
@@ -147,10 +143,19 @@ def artifact_rows(name: str, rec: dict, ref: dict, rules: list[GateRule], mode: 
         for rule in rules:
             if (rule.family and rule.family != rec["family"]) or (rule.variants and variant not in rule.variants):
                 continue
-            value, reference = result["metrics"].get(rule.metric), ref_metrics.get(rule.metric)
-            ok, threshold, note = check(rule, value, reference)
-            rows.append(Row(name, device, rule.metric, value, threshold, reference, "pass" if ok else "fail", note))
+            for metric in rule_metrics(rule, result["metrics"]):
+                value, reference = result["metrics"].get(metric), ref_metrics.get(metric)
+                ok, threshold, note = check(rule, value, reference)
+                rows.append(Row(name, device, metric, value, threshold, reference, "pass" if ok else "fail", note))
     return rows
+
+
+def rule_metrics(rule: GateRule, metrics: dict) -> list[str]:
+    """The metric a rule names, or every metric its pattern matches (e.g. `perplexity@*`: one per adapter; an
+    artifact without adapters has none to check)."""
+    if not any(c in rule.metric for c in "*?["):
+        return [rule.metric]
+    return sorted(m for m in metrics if fnmatch(m, rule.metric))
 
 
 def evaluate(params: Params) -> tuple[list[Row], dict]:

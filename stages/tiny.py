@@ -1,6 +1,7 @@
-"""Tiny random-init checkpoints built in code, for tests and for families with no offline weights.
+"""Tiny random-init checkpoints built in code, for tests and for families with no offline weights
+(no CLIP, diffusion or VLM weights can be downloaded here). Deterministic for a seed.
 
-    python -m stages.tiny llm OUT_DIR
+    python -m stages.tiny {llm,stable-diffusion,clip,llava} OUT_DIR
 """
 from __future__ import annotations
 
@@ -52,7 +53,122 @@ def tiny_llm(out: Path, seed: int = 0, layers: int = 2, hidden: int = 64, vocab_
     return out
 
 
-BUILDERS = {"llm": tiny_llm}
+CAPTIONS = ("a photo of a cat sitting on a red sofa; an astronaut riding a horse on the moon; a bowl of fruit on "
+            "a wooden table; a mountain lake at sunset, oil painting; a cup of coffee; a rocket on the launch pad; "
+            "portrait of a woman in a uniform; what is in this image? describe the picture. how many people are "
+            "there? what color is the sky? 0123456789")
+
+
+def tiny_clip_tokenizer(vocab_size: int = 512):
+    """A CLIP-style BPE (lower-cased words, `</w>` word ends) trained on fixed captions."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+                                  initial_alphabet=alphabet, end_of_word_suffix="</w>", show_progress=False)
+    tok.train_from_iterator([CAPTIONS.lower()] * 4, trainer)
+    model = json.loads(tok.to_str())["model"]
+    vocab = dict(model["vocab"])
+    for ch in sorted(alphabet):  # every single byte can also end a word
+        vocab.setdefault(ch + "</w>", len(vocab))
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _clip_text_config(vocab_size: int):
+    from transformers import CLIPTextConfig
+
+    # widths are multiples of 32 so int4 group sizes divide them
+    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                          bos_token_id=0, eos_token_id=1, pad_token_id=1)
+
+
+def tiny_stable_diffusion(out: Path, seed: int = 0) -> Path:
+    """A Stable Diffusion 1.x pipeline in miniature: 2-block UNet and VAE (64x64 images), 2-layer CLIP text
+    encoder, Euler scheduler, no safety checker."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_clip_tokenizer()
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=32)
+    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        norm_num_groups=32, sample_size=64)
+    text_encoder = CLIPTextModel(_clip_text_config(len(tokenizer))).eval()
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return Path(out)
+
+
+def tiny_clip(out: Path, seed: int = 0) -> Path:
+    """A CLIPModel for scoring (32x32 images, 32-d joint space) with its processor."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_clip_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=32)
+    config = CLIPConfig(text_config=_clip_text_config(len(tokenizer)).to_dict(), vision_config=vision.to_dict(),
+                        projection_dim=32)
+    CLIPModel(config).eval().save_pretrained(out, safe_serialization=True)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out)
+    return Path(out)
+
+
+LLAVA_TEMPLATE = ("{% for m in messages %}{{ m['role'].upper() }}: {% if m['content'] is string %}"
+                  "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
+                  "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}\n{% endfor %}"
+                  "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def tiny_llava(out: Path, seed: int = 0) -> Path:
+    """A LLaVA-1.5 in miniature: CLIP vision tower (32x32 images, 16 patches), 2-layer Llama, `<image>` token."""
+    import torch
+    from tokenizers import AddedToken
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_tokens([AddedToken("<image>", special=True, normalized=False)])
+    tokenizer.chat_template = LLAVA_TEMPLATE
+    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=64)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+    config = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
+                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=16,
+                         vision_feature_layer=-2, vision_feature_select_strategy="default")
+    LlavaForConditionalGeneration(config).eval().save_pretrained(out, safe_serialization=True)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=LLAVA_TEMPLATE)
+    processor.save_pretrained(out)
+    return Path(out)
+
+
+BUILDERS = {"llm": tiny_llm, "stable-diffusion": tiny_stable_diffusion, "clip": tiny_clip, "llava": tiny_llava}
 
 if __name__ == "__main__":
     BUILDERS[sys.argv[1]](Path(sys.argv[2]))

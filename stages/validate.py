@@ -11,10 +11,11 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from stages.common import (RUNTIME_PACKAGES, artifact_dir, available_devices, device_names, device_present, log,
-                           read_json, setup_logging, software_versions, validation_metrics_path,
-                           validation_outputs_dir, write_json)
+from stages.common import (RUNTIME_PACKAGES, adapter_dir, artifact_dir, atomic_dir, available_devices, device_names,
+                           device_present, log, read_json, setup_logging, software_versions, validation_metrics_path,
+                           validation_outputs_dir, validation_plot_path, write_bytes, write_json)
 from stages.families import get_family
+from stages.families.base import AdapterRun, Validation
 from stages.params import Params, load_params, load_stage_params, stage_parser
 
 
@@ -36,13 +37,37 @@ def performance(family_name: str, artifact: Path, device: str, params: Params, p
         return pool.submit(_performance_child, family_name, str(artifact), device, params, precision).result()
 
 
-def measure(family, artifact: Path, device: str, params: Params, precision: str) -> tuple[dict, dict]:
-    """Accuracy (and performance, when enabled) of one artifact on one device: (device result, outputs)."""
-    result = family.validate(artifact, device, params, precision)
+def measure(family, artifact: Path, device: str, params: Params, precision: str,
+            adapters: list[AdapterRun]) -> tuple[dict, Validation]:
+    """Accuracy (and performance, when enabled) of one artifact on one device: (device result, what it saved)."""
+    result = family.validate(artifact, device, params, precision, adapters)
     metrics = dict(result.metrics)
     if params.validate_settings.performance:
         metrics |= performance(family.name, artifact, device, params, precision)
-    return {"status": "validated", "metrics": metrics, "info": result.info}, result.outputs
+    return {"status": "validated", "metrics": metrics, "info": result.info}, result
+
+
+def adapter_runs(params: Params, model: str) -> list[AdapterRun]:
+    """The model's LoRA adapters as the adapter stage prepared them."""
+    runs = []
+    for name in params.adapters_for(model):
+        manifest_path = adapter_dir(name) / "manifest.json"
+        if not manifest_path.is_file():
+            raise ValidateError(f"{manifest_path}: adapter '{name}' not prepared; run `dvc repro adapter@{name}`")
+        manifest = read_json(manifest_path)
+        runs.append(AdapterRun(name, adapter_dir(name) / manifest["file"], manifest["alpha"],
+                               manifest.get("reference", {})))
+    return runs
+
+
+def save_outputs(model: str, variant: str, saved: Validation | None) -> None:
+    """outputs.json and any files (images) replace the artifact's outputs folder as a whole."""
+    with atomic_dir(validation_outputs_dir(model, variant)) as tmp:
+        write_json(tmp / "outputs.json", saved.outputs if saved else {})
+        for rel, data in (saved.files if saved else {}).items():
+            write_bytes(tmp / rel, data)
+    if saved and saved.plot_image:
+        write_bytes(validation_plot_path(model, variant), saved.plot_image)
 
 
 def absent(device: str) -> dict:
@@ -62,15 +87,16 @@ def validate(params: Params, model: str, variant_name: str) -> dict:
     precision = settings.inference_precision
     manifest = read_json(artifact / "manifest.json")
     names = device_names()
-    devices, outputs = {}, None
+    adapters = adapter_runs(params, model)
+    devices, saved = {}, None
     for device in variant.targets:
         if device not in names:
             devices[device] = absent(device)
             log.warning("%s/%s not validated on %s: %s", model, variant_name, device, devices[device]["reason"])
             continue
-        devices[device], device_outputs = measure(family, artifact, device, params, precision)
+        devices[device], device_saved = measure(family, artifact, device, params, precision, adapters)
         devices[device]["device_name"] = names[device]
-        outputs = device_outputs if outputs is None else outputs
+        saved = saved or device_saved
     validated = [d for d in variant.targets if devices[d]["status"] == "validated"]
     record = {"model": model, "variant": variant_name, "family": spec.family, "targets": variant.targets,
               "inference_precision": precision, "software": software_versions(RUNTIME_PACKAGES),
@@ -85,10 +111,10 @@ def validate(params: Params, model: str, variant_name: str) -> dict:
         record["reason"] = "; ".join(f"{d}: {r['reason']}" for d, r in devices.items())
         proxy = settings.proxy_device
         if proxy and proxy not in variant.targets and proxy in names:
-            run, outputs = measure(family, artifact, proxy, params, precision)
+            run, saved = measure(family, artifact, proxy, params, precision, adapters)
             record["proxy"] = {"device": proxy, "device_name": names[proxy], "metrics": run["metrics"],
                                "info": run["info"], "note": f"measured on {proxy}, not on a target device"}
-    write_json(validation_outputs_dir(model, variant_name) / "outputs.json", outputs or {})
+    save_outputs(model, variant_name, saved)
     write_json(validation_metrics_path(model, variant_name), record)
     log.info("%s/%s: %s %s", model, variant_name, record["status"], record["metrics"] or record.get("proxy", {}))
     return record

