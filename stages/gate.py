@@ -72,14 +72,19 @@ def check(rule: GateRule, value: Optional[float], ref: Optional[float]) -> tuple
         if pct is None:
             continue
         text = f"{'+' if sign > 0 else '-'}{pct:g}% vs ref"
-        if ref is None or ref == 0:
+        if ref is None:
             return False, text, "reference metric missing"
+        if ref == 0:
+            return False, text, "reference is 0: a relative change is undefined (use an absolute rule)"
         change = sign * (value - ref) / abs(ref) * 100
         checks.append((change <= pct, f"{text} (is {sign * change:+.1f}%)"))
-    if rule.max_increase is not None:
+    for limit, sign in ((rule.max_increase, 1), (rule.max_decrease, -1)):
+        if limit is None:
+            continue
+        text = f"{'+' if sign > 0 else '-'}{limit:g} vs ref"
         if ref is None:
-            return False, f"+{rule.max_increase:g} vs ref", "reference metric missing"
-        checks.append((value - ref <= rule.max_increase, f"+{rule.max_increase:g} vs ref (is {value - ref:+.4g})"))
+            return False, text, "reference metric missing"
+        checks.append((sign * (value - ref) <= limit, f"{text} (is {value - ref:+.4g})"))
     return all(ok for ok, _ in checks), ", ".join(t for _, t in checks), ""
 
 
@@ -87,7 +92,8 @@ def describe(rule: GateRule) -> str:
     parts = [f"<= {rule.max:g}" if rule.max is not None else "", f">= {rule.min:g}" if rule.min is not None else "",
              f"+{rule.max_increase_pct:g}% vs ref" if rule.max_increase_pct is not None else "",
              f"-{rule.max_decrease_pct:g}% vs ref" if rule.max_decrease_pct is not None else "",
-             f"+{rule.max_increase:g} vs ref" if rule.max_increase is not None else ""]
+             f"+{rule.max_increase:g} vs ref" if rule.max_increase is not None else "",
+             f"-{rule.max_decrease:g} vs ref" if rule.max_decrease is not None else ""]
     return ", ".join(p for p in parts if p)
 
 

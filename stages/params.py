@@ -280,13 +280,14 @@ class GateRule(Strict):
     max_increase_pct: Optional[float] = None  # vs the family's reference variant
     max_decrease_pct: Optional[float] = None
     max_increase: Optional[float] = None  # absolute, vs the reference (e.g. WER points)
+    max_decrease: Optional[float] = None  # absolute, vs the reference (e.g. CLIP score points)
 
     @model_validator(mode="after")
     def _has_threshold(self) -> "GateRule":
         if all(v is None for v in (self.max, self.min, self.max_increase_pct, self.max_decrease_pct,
-                                   self.max_increase)):
+                                   self.max_increase, self.max_decrease)):
             raise ValueError(f"rule for '{self.metric}' sets no threshold (max, min, max_increase_pct, "
-                             "max_decrease_pct, max_increase)")
+                             "max_decrease_pct, max_increase, max_decrease)")
         return self
 
 

@@ -72,35 +72,51 @@ def generate(artifact: Path, prompts: list[str], device: str, precision: str, ma
     return replies
 
 
-def adapter_perplexities(artifact: Path, text: str, device: str, precision: str, context_length: int,
-                         max_tokens: int, adapters: list[AdapterRun]) -> dict[str, float]:
-    """Perplexity with no adapter and with each one, through openvino_genai's continuous-batching pipeline (the
-    genai pipeline that returns prompt log-probabilities: echo=True, logprobs=1), same windows as `perplexity`."""
+def adapter_pipeline(artifact: Path, device: str, precision: str, adapters: list[AdapterRun]):
+    """openvino_genai's continuous-batching pipeline with every adapter registered: the genai pipeline that
+    returns prompt log-probabilities (echo=True, logprobs=1)."""
+    import openvino_genai as ov_genai
+
+    return ov_genai.ContinuousBatchingPipeline(
+        str(artifact), ov_genai.SchedulerConfig(), device,
+        {"adapters": ov_genai.AdapterConfig([a.adapter() for a in adapters]), "INFERENCE_PRECISION_HINT": precision})
+
+
+def pipeline_perplexity(pipe, windows: list[np.ndarray], adapter_config, label: str = "") -> float:
+    """Perplexity over token windows with one adapter choice (AdapterConfig() = none, or a blend)."""
     import openvino as ov
     import openvino_genai as ov_genai
 
+    # a new adapter choice takes effect from the request after the one that sets it: prime with one token
+    prime = ov_genai.GenerationConfig(max_new_tokens=1)
+    prime.adapters = adapter_config
+    pipe.generate([ov.Tensor(windows[0][None, :1])], [prime])
+    total, count = 0.0, 0
+    for window in tqdm(windows, desc=f"perplexity ({label})", unit="window"):
+        config = ov_genai.GenerationConfig(max_new_tokens=1, echo=True, logprobs=1)
+        config.adapters = adapter_config
+        handle = pipe.add_request(0, ov.Tensor(window[None, :]), config)
+        while pipe.has_non_finished_requests():
+            pipe.step()
+        logprobs = np.asarray(handle.read_all()[0].generated_log_probs[1:len(window)], dtype=np.float64)
+        total, count = total - logprobs.sum(), count + len(window) - 1
+    return float(np.exp(total / count))
+
+
+def eval_windows(artifact: Path, text: str, context_length: int, max_tokens: int) -> list[np.ndarray]:
     ids = token_ids(artifact, text)[:max_tokens]
-    windows = [w for w in (ids[i:i + context_length] for i in range(0, len(ids), context_length)) if len(w) > 1]
-    pipe = ov_genai.ContinuousBatchingPipeline(
-        str(artifact), ov_genai.SchedulerConfig(), device,
-        {"adapters": ov_genai.AdapterConfig([a.adapter() for a in adapters]), "INFERENCE_PRECISION_HINT": precision})
-    result = {}
-    for label, adapter_config in [("none", ov_genai.AdapterConfig())] + [(a.name, a.config()) for a in adapters]:
-        # a new adapter choice takes effect from the request after the one that sets it: prime with one token
-        prime = ov_genai.GenerationConfig(max_new_tokens=1)
-        prime.adapters = adapter_config
-        pipe.generate([ov.Tensor(ids[None, :1])], [prime])
-        total, count = 0.0, 0
-        for window in tqdm(windows, desc=f"perplexity {artifact.name} ({label})", unit="window"):
-            config = ov_genai.GenerationConfig(max_new_tokens=1, echo=True, logprobs=1)
-            config.adapters = adapter_config
-            handle = pipe.add_request(0, ov.Tensor(window[None, :]), config)
-            while pipe.has_non_finished_requests():
-                pipe.step()
-            logprobs = np.asarray(handle.read_all()[0].generated_log_probs[1:len(window)], dtype=np.float64)
-            total, count = total - logprobs.sum(), count + len(window) - 1
-        result[label] = float(np.exp(total / count))
-    return result
+    return [w for w in (ids[i:i + context_length] for i in range(0, len(ids), context_length)) if len(w) > 1]
+
+
+def adapter_perplexities(artifact: Path, text: str, device: str, precision: str, context_length: int,
+                         max_tokens: int, adapters: list[AdapterRun]) -> dict[str, float]:
+    """Perplexity with no adapter and with each one, switched per request, over the windows `perplexity` uses."""
+    import openvino_genai as ov_genai
+
+    windows = eval_windows(artifact, text, context_length, max_tokens)
+    pipe = adapter_pipeline(artifact, device, precision, adapters)
+    choices = [("none", ov_genai.AdapterConfig())] + [(a.name, a.config()) for a in adapters]
+    return {label: pipeline_perplexity(pipe, windows, config, label) for label, config in choices}
 
 
 def adapter_metrics(perplexities: dict[str, float], replies: dict[str, list[dict]],

@@ -15,11 +15,15 @@ from stages.families.base import AdapterRun, Family, Validation
 from stages.params import Params, Text2ImageValidation
 
 
-def clip_score(image_embeds: np.ndarray, text_embeds: np.ndarray) -> float:
-    """CLIP score as torchmetrics defines it: mean over pairs of 100 * max(cos(image, text), 0)."""
+def cosines(image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
     img = image_embeds / np.linalg.norm(image_embeds, axis=-1, keepdims=True)
     txt = text_embeds / np.linalg.norm(text_embeds, axis=-1, keepdims=True)
-    return float(np.mean(100 * np.clip(np.sum(img * txt, axis=-1), 0, None)))
+    return np.sum(img * txt, axis=-1)
+
+
+def clip_score(image_embeds: np.ndarray, text_embeds: np.ndarray) -> float:
+    """CLIP score as torchmetrics defines it: mean over pairs of 100 * max(cos(image, text), 0)."""
+    return float(np.mean(100 * np.clip(cosines(image_embeds, text_embeds), 0, None)))
 
 
 class ClipScorer:
@@ -42,8 +46,11 @@ class ClipScorer:
         img, txt = (getattr(x, "pooler_output", x) for x in (img, txt))
         return img.float().numpy(), txt.float().numpy()
 
-    def score(self, images: list, texts: list[str]) -> float:
-        return clip_score(*self.embeddings(images, texts))
+    def score(self, images: list, texts: list[str]) -> dict[str, float]:
+        """The CLIP score, and the mean unclamped cosine (informative where the score clamps to 0, e.g. for a
+        random-init scorer)."""
+        embeds = self.embeddings(images, texts)
+        return {"clip_score": clip_score(*embeds), "clip_cosine": float(np.mean(cosines(*embeds)))}
 
 
 def contact_sheet(images: list, labels: list[str], columns: int = 4):
@@ -147,11 +154,12 @@ pipe = OVDiffusionPipeline.from_pretrained("{path}")"""
             records.append({"prompt": prompt, "seed": seed, "file": name})
         scorer = ClipScorer(checkpoint_dir(s.clip_model))
         texts = [p for _, p, _ in jobs]
-        metrics = {"clip_score": scorer.score(images, texts), "images": len(images)}
+        metrics = {**scorer.score(images, texts), "images": len(images)}
         for a in adapters:
             adapted = [generate_image(pipe, p, seed, s, a.config()) for _, p, seed in jobs]
             changed = np.mean([not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(images, adapted)])
-            metrics |= {f"clip_score@{a.name}": scorer.score(adapted, texts), f"changed_images@{a.name}": changed}
+            metrics |= {f"{k}@{a.name}": v for k, v in scorer.score(adapted, texts).items()}
+            metrics[f"changed_images@{a.name}"] = changed
         sheet = contact_sheet(images, [f"s{seed} {p}" for _, p, seed in jobs])
         return Validation(metrics=metrics, outputs={"images": records}, files=files, plot_image=png_bytes(sheet),
                           info={"prompts": len(prompts), "seeds": s.seeds, "size": f"{s.width}x{s.height}",
