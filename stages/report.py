@@ -12,10 +12,10 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from stages.common import METRICS, artifact_dir, read_json, setup_logging, write_json, write_text
+from stages.common import METRICS, artifact_dir, read_json, setup_logging, validation_plot_path, write_json, write_text
 from stages.families import get_family
 from stages.gate import GATE_PATH
-from stages.params import Params, Variant, load_stage_params, stage_parser
+from stages.params import Params, TinySource, Variant, load_stage_params, stage_parser
 from stages.speculative import pair_metrics_path
 
 REPORT_PATH = Path("reports") / "summary.md"
@@ -23,7 +23,7 @@ HTML_PATH = Path("reports") / "index.html"
 PLOTS_DIR = METRICS / "plots"
 PERFORMANCE = {  # metric: (column title, number format)
     "load_s": ("load+compile s", ".2f"), "ttft_ms": ("TTFT ms", ".1f"), "tpot_ms": ("TPOT ms", ".2f"),
-    "throughput_tok_s": ("tokens/s", ".1f"), "rtf": ("RTF", ".3f"), "peak_rss_mb": ("peak RSS MB", ".0f")}
+    "throughput_tok_s": ("tokens/s", ".1f"), "rtf": ("RTF", ".3f"), "image_s": ("s/image", ".3f"), "peak_rss_mb": ("peak RSS MB", ".0f")}
 
 
 def recipe_label(v: Variant) -> str:
@@ -63,7 +63,8 @@ def artifact_rows(params: Params, gate: dict) -> list[dict]:
                 record = read_json(METRICS / "validate" / model / f"{variant}.json")
                 proxy = record.get("proxy")
                 rows.append({
-                    "artifact": name, "family": family, "targets": record.get("targets", []),
+                    "artifact": name, "family": family, "targets": record.get("targets", []), "model": model,
+                    "variant": variant, "random_init": isinstance(params.spec(model).source, TinySource),
                     "recipe": recipe_label(params.variants[variant]),
                     "size_mb": read_json(artifact_dir(model, variant) / "manifest.json")["size_bytes"] / 1e6,
                     "status": record["status"], "gate": gate_status(gate, name),
@@ -83,7 +84,7 @@ def metric_cell(row: dict, key: str) -> str:
 
 
 def family_table(rows: list[dict], keys: list[str], tablefmt: str = "github") -> str:
-    return tabulate([[r["artifact"], r["recipe"], ", ".join(r["targets"]), f"{r['size_mb']:.1f}",
+    return tabulate([[r["artifact"] + (" (random-init)" if r["random_init"] else ""), r["recipe"], ", ".join(r["targets"]), f"{r['size_mb']:.1f}",
                       *[metric_cell(r, k) for k in keys], r["status"], r["gate"]] for r in rows],
                     headers=["artifact", "recipe", "targets", "size MB", *keys, "validation", "gate"],
                     tablefmt=tablefmt)
@@ -129,10 +130,41 @@ def pair_section(params: Params, gate: dict) -> str:
     return table + "\n\n" + "\n\n".join(details)
 
 
+def adapter_table(rows: list[dict], tablefmt: str = "github") -> str:
+    """LoRA adapters: one row per artifact and adapter choice (none first), from the `<metric>@<adapter>` metrics."""
+    lines, keys = [], []
+    for r in rows:
+        per_choice: dict[str, dict] = {}
+        for name, value in r["metrics"].items():
+            metric, sep, choice = name.partition("@")
+            if sep:
+                per_choice.setdefault(choice, {})[metric] = value
+                keys += [metric] if metric not in keys else []
+        for choice in sorted(per_choice, key=lambda c: (c != "none", c)):
+            lines.append((r["artifact"], choice, per_choice[choice]))
+    if not lines:
+        return ""
+    return tabulate([[a, c, *[fmt(m.get(k)) for k in keys]] for a, c, m in lines],
+                    headers=["artifact", "adapter", *keys], tablefmt=tablefmt, disable_numparse=True)
+
+
+ADAPTER_NOTE = ("Adapters are applied at run time (registered when the pipeline is built, chosen per generate "
+                "call; never fused). effect_pct: |change of the metric| vs no adapter; peft_delta_pct: distance to "
+                "the PEFT (fp32 PyTorch) reference at the same alpha.")
+
+
+def contact_sheets(rows: list[dict]) -> dict[str, Path]:
+    """Each artifact's image plot (text-to-image contact sheets), when validation wrote one."""
+    sheets = {r["artifact"]: validation_plot_path(r["model"], r["variant"]) for r in rows}
+    return {name: path for name, path in sheets.items() if path.is_file()}
+
+
 NOTES = ["Values in parentheses were measured on a proxy device because no target device is present; they are "
          "not a validation on the target.",
          "Performance: after one warm-up, on fixed inputs (LLM: every prompt generates exactly max_new_tokens; "
-         "Whisper: the first utterances of the first speech set); peak RSS of a fresh process running it."]
+         "Whisper: the first utterances of the first speech set); peak RSS of a fresh process running it.",
+         "(random-init): a tiny model built in code because no such weights exist offline; its metrics exercise the "
+         "pipeline and say nothing about a real model's accuracy."]
 
 
 def markdown(sections: dict[str, str], gate: dict) -> str:
@@ -172,9 +204,13 @@ def plot_png(points: list[dict], title: str) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def figures_html(images: dict[str, str]) -> str:
+    return "".join(f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{png}"><figcaption>'
+                   f"{html.escape(t)}</figcaption></figure>" for t, png in images.items())
+
+
 def html_page(sections: dict[str, str], images: dict[str, str], gate: dict) -> str:
-    figures = "".join(f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{png}"><figcaption>'
-                      f"{html.escape(t)}</figcaption></figure>" for t, png in images.items())
+    figures = figures_html(images)
     body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections.items())
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in NOTES + [f"Gate mode: {gate['mode']}; "
                                                                    f"counts: {gate['counts']}."])
@@ -204,6 +240,14 @@ def main(argv=None) -> None:
             md[family_name], web[family_name] = family_table(family_rows, keys), family_table(family_rows, keys, "html")
             md[f"{family_name} performance"] = performance_table(family_rows)
             web[f"{family_name} performance"] = performance_table(family_rows, "html")
+            if adapters := adapter_table(family_rows):
+                md[f"{family_name} adapters"] = adapters + "\n\n" + ADAPTER_NOTE
+                web[f"{family_name} adapters"] = adapter_table(family_rows, "html") + f"<p>{ADAPTER_NOTE}</p>"
+            if sheets := contact_sheets(family_rows):
+                md[f"{family_name} contact sheets"] = "\n\n".join(
+                    f"![{name}](../{path.as_posix()})" for name, path in sheets.items())
+                web[f"{family_name} contact sheets"] = figures_html(
+                    {name: base64.b64encode(path.read_bytes()).decode() for name, path in sheets.items()})
     if params.pairs:
         md["speculative decoding"] = pair_section(params, gate)
         web["speculative decoding"] = f"<pre>{html.escape(md['speculative decoding'])}</pre>"
