@@ -127,3 +127,35 @@ def test_unknown_sample_image_is_one_clear_error():
         load_image("skimage:nope")
     with pytest.raises(ImageError, match="image file not found: /no/such.png"):
         load_image("/no/such.png")
+
+
+def test_text2image_lora_switched_per_call(image_project, tmp_path):
+    """A kohya-format LoRA on the tiny UNet: registered once, applied per call with its alpha, none = the base."""
+    import openvino_genai as ov_genai
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from stages.families.base import AdapterRun
+    from stages.families.text2image import generate_image, image_pipeline
+    from stages.params import Text2ImageValidation
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(image_project / "models/tiny-sd/checkpoint", subfolder="unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in get_peft_model_state_dict(unet).items()})
+    save_file({k: v.float().contiguous() for k, v in kohya.items()}, tmp_path / "style.safetensors")
+    lora = AdapterRun("style", tmp_path / "style.safetensors", 0.2)
+    s = Text2ImageValidation(prompts="-", clip_model="-", width=64, height=64, num_inference_steps=3)
+    artifact = image_project / "models/tiny-sd/fp16"
+    pipe = image_pipeline(artifact, "CPU", "f32", [lora])
+    none, styled, stronger, none_again = (np.asarray(generate_image(pipe, "a red car", 3, s, cfg)) for cfg in (
+        ov_genai.AdapterConfig(), lora.config(), lora.config(alpha=0.6), ov_genai.AdapterConfig()))
+    plain = np.asarray(generate_image(image_pipeline(artifact, "CPU", "f32", []), "a red car", 3, s))
+    assert np.array_equal(none, plain) and np.array_equal(none_again, plain)
+    weak, strong = (np.abs(x.astype(int) - plain).mean() for x in (styled, stronger))
+    assert 0 < weak < strong, (weak, strong)

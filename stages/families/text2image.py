@@ -90,7 +90,7 @@ def generate_image(pipe, prompt: str, seed: int, s: Text2ImageValidation, adapte
         kwargs["adapters"] = adapter_config
     tensor = pipe.generate(prompt, width=s.width, height=s.height, num_inference_steps=s.num_inference_steps,
                            generator=ov_genai.TorchGenerator(seed), **kwargs)
-    return Image.fromarray(np.asarray(tensor.data)[0])
+    return Image.fromarray(np.array(tensor.data[0]))  # a copy: the tensor views a buffer the next call reuses
 
 
 def image_similarity(a_png: Path, b_png: Path) -> dict[str, float]:
