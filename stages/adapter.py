@@ -79,7 +79,7 @@ def train(source: AdapterTraining, checkpoint: Path, out: Path) -> dict:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        losses.append(loss.item())
+        losses.append(float(loss))
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.save_pretrained(out, safe_serialization=True)
     (out / "README.md").unlink(missing_ok=True)
