@@ -23,7 +23,7 @@ from stages.common import (artifact_dir, atomic_dir, file_inventory, log, read_j
 from stages.families import get_family
 from stages.gate import GATE_PATH
 from stages.params import Params, TinySource, load_stage_params, stage_parser
-from stages.report import PERFORMANCE, fmt, recipe_label
+from stages.report import PERFORMANCE, by_adapter, fmt, recipe_label
 
 RELEASE = Path("release")
 
@@ -76,6 +76,13 @@ greedy output must equal the main alone's.
 
 Evaluation: {{ eval_info }}. Inference precision {{ precision }}.
 Performance after one warm-up on fixed inputs; peak RSS of a fresh process.
+{%- if adapters %}
+
+LoRA adapters validated with this artifact (applied at run time, never fused), on {{ adapters_device }}:
+{% for a in adapters %}
+- `{{ a.name }}`: {% for k, v in a.metrics.items() %}{{ k }} {{ v }}{% if not loop.last %}, {% endif %}{% endfor %}
+{%- endfor %}
+{%- endif %}
 {%- endif %}
 
 ## Software
@@ -139,6 +146,8 @@ def main_validation(params: Params, gate: dict, model: str, variant: str) -> dic
                          "cells": [fmt(metrics[d].get(k)) for k in keys]} for d, r in record["devices"].items()],
             "eval_info": infos[0] if infos else "not run", "precision": record.get("inference_precision"),
             "runtime_software": record.get("software", {}),
+            "adapters": [{"name": c, "metrics": {k: fmt(v) for k, v in m.items()}}
+                         for c, m in by_adapter(record.get("metrics", {})).items()], "adapters_device": record.get("device"),
             "usage": family.usage.format(path=name.replace("/", "-"), device=params.variants[variant].target)}
 
 
@@ -159,7 +168,7 @@ def draft_validation(params: Params, gate: dict, name: str) -> dict:
     main = served[0][1].main.replace("/", "-") if served else "<main>"
     return {"released": bool(served), "reason": reason, "validated_on": sorted({d for *_, d in served}),
             "pairs": rows, "metric_keys": [], "devices": [], "eval_info": "", "precision": "",
-            "runtime_software": {}, "usage": DRAFT_USAGE.format(main=main, path=name.replace("/", "-"),
+            "runtime_software": {}, "adapters": [], "adapters_device": None, "usage": DRAFT_USAGE.format(main=main, path=name.replace("/", "-"),
                                                                  device=device)}
 
 

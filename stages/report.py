@@ -130,20 +130,22 @@ def pair_section(params: Params, gate: dict) -> str:
     return table + "\n\n" + "\n\n".join(details)
 
 
+def by_adapter(metrics: dict) -> dict[str, dict]:
+    """`<metric>@<adapter>` metrics grouped per adapter choice, none first."""
+    choices: dict[str, dict] = {}
+    for name, value in metrics.items():
+        metric, sep, choice = name.partition("@")
+        if sep:
+            choices.setdefault(choice, {})[metric] = value
+    return {c: choices[c] for c in sorted(choices, key=lambda c: (c != "none", c))}
+
+
 def adapter_table(rows: list[dict], tablefmt: str = "github") -> str:
-    """LoRA adapters: one row per artifact and adapter choice (none first), from the `<metric>@<adapter>` metrics."""
-    lines, keys = [], []
-    for r in rows:
-        per_choice: dict[str, dict] = {}
-        for name, value in r["metrics"].items():
-            metric, sep, choice = name.partition("@")
-            if sep:
-                per_choice.setdefault(choice, {})[metric] = value
-                keys += [metric] if metric not in keys else []
-        for choice in sorted(per_choice, key=lambda c: (c != "none", c)):
-            lines.append((r["artifact"], choice, per_choice[choice]))
+    """LoRA adapters: one row per artifact and adapter choice (none first)."""
+    lines = [(r["artifact"], choice, m) for r in rows for choice, m in by_adapter(r["metrics"]).items()]
     if not lines:
         return ""
+    keys = list(dict.fromkeys(k for _, _, m in lines for k in m))
     return tabulate([[a, c, *[fmt(m.get(k)) for k in keys]] for a, c, m in lines],
                     headers=["artifact", "adapter", *keys], tablefmt=tablefmt, disable_numparse=True)
 
