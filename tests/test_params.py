@@ -125,3 +125,16 @@ def test_draft_and_pair_references(tmp_path, base):
     assert "gate.rules.2.pairs: unknown pair 'q'" in error_for(tmp_path, base)
     base["gate"]["rules"][-1]["pairs"] = ["p"]
     assert load_params(write_params(tmp_path, base)).pairs["p"].artifact("draft") == ("d1", "int8")
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "configs/hub-models.yaml", "configs/image-models.yaml"])
+def test_every_params_key_dvc_tracks_exists(tmp_path, params_file):
+    """DVC fails a stage whose `params:` key is absent from params.yaml, even where the schema has a default."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    scaffold(tmp_path, yaml.safe_load((REPO / params_file).read_text()))
+    missing = [(stage.addressing, key) for stage in Repo(str(tmp_path)).index.stages for dep in stage.deps
+               if isinstance(dep, ParamsDependency)
+               for key in sorted(set(dep.params) - set(dep.read_params()))]
+    assert not missing, missing
