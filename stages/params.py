@@ -458,6 +458,16 @@ class Params(Strict):
     regression: RegressionSettings = RegressionSettings()
 
     @model_validator(mode="after")
+    def _names(self) -> "Params":
+        """dvc.yaml tracks `models.<name>`, `variants.<name>`, ...: DVC would read a dot in a name as nesting."""
+        for section in ("models", "variants", "adapters", "pairs", "derived_drafts"):
+            for name in getattr(self, section):
+                if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                    raise ValueError(f"{section}.{name}: names may use letters, digits, '-' and '_' only "
+                                     "(DVC reads a '.' in a params key as nesting)")
+        return self
+
+    @model_validator(mode="after")
     def _cross_refs(self) -> "Params":
         for family, build in self.builds().items():
             for i, name in enumerate(build.models):

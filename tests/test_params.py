@@ -104,7 +104,7 @@ def test_hub_example_builds_a_dag(tmp_path):
     scaffold(tmp_path, yaml.safe_load((REPO / "configs/hub-models.yaml").read_text()))
     proc = subprocess.run([sys.executable, "-m", "dvc", "dag"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "export-llm@qwen2.5-1.5b-instruct-int4-gpu" in proc.stdout
+    assert "export-llm@qwen2-5-1-5b-instruct-int4-gpu" in proc.stdout
     assert "fetch@phi-3-mini-4k-instruct" in proc.stdout
 
 
@@ -138,3 +138,8 @@ def test_every_params_key_dvc_tracks_exists(tmp_path, params_file):
                if isinstance(dep, ParamsDependency)
                for key in sorted(set(dep.params) - set(dep.read_params()))]
     assert not missing, missing
+
+
+def test_dotted_model_name_is_refused(tmp_path, base):
+    base["models"]["qwen2.5"] = base["models"].pop("tiny")
+    assert "models.qwen2.5: names may use letters, digits, '-' and '_' only" in error_for(tmp_path, base)
