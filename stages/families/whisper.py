@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stages.families.base import Family, Validation
+from stages.families.base import AdapterRun, Family, Validation
 from stages.params import Params, WhisperValidation
 
 # Whisper's English spelling map (MIT, from the openai-whisper sdist); scripts/setup.sh puts it here.
@@ -114,7 +114,8 @@ model = OVModelForSpeechSeq2Seq.from_pretrained("{path}")"""
         s = params.validate_settings.whisper
         return performance(artifact, device, precision, s) if s.speech_sets else {}
 
-    def validate(self, artifact: Path, device: str, params: Params, precision: str) -> Validation:
+    def validate(self, artifact: Path, device: str, params: Params, precision: str,
+                 adapters: list[AdapterRun] = ()) -> Validation:
         s = params.validate_settings.whisper
         pipe, config = whisper_pipeline(artifact, device, precision, s)
         metrics, outputs = {}, {}
