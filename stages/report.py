@@ -35,6 +35,8 @@ def recipe_label(v: Variant) -> str:
         if v.ratio is not None and v.ratio < 1:
             parts.append(f"r{v.ratio:g}")
         parts += [n for n, on in (("awq", v.awq), ("se", v.scale_estimation)) if on]
+    if v.dataset:  # data-aware (LLM) or hybrid (text-to-image) compression
+        parts.append(f"calibrated on {v.dataset}")
     return " ".join(parts)
 
 
