@@ -26,7 +26,7 @@ publish:
 	$(VENV)/dvc push && $(VENV)/dvc push --run-cache
 
 test: setup
-	HF_HUB_OFFLINE=1 $(VENV)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(VENV)/python -m pytest -q --durations=12
 
 bench: setup
 	$(VENV)/python benchmarks/llm_speed.py
