@@ -52,13 +52,6 @@ class AdapterRun:
         return ov_genai.AdapterConfig(self.adapter(), self.alpha if alpha is None else alpha)
 
 
-def registered(adapters: list[AdapterRun]) -> dict:
-    """The pipeline-construction keyword that registers every adapter (none: no keyword)."""
-    import openvino_genai as ov_genai
-
-    return {"adapters": ov_genai.AdapterConfig([a.adapter() for a in adapters])} if adapters else {}
-
-
 class Family:
     name: str = ""
     task: str = ""  # optimum task, e.g. text-generation-with-past

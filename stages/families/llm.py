@@ -10,7 +10,7 @@ import numpy as np
 from scipy.special import logsumexp
 from tqdm import tqdm
 
-from stages.families.base import AdapterRun, Family, Validation, registered
+from stages.families.base import AdapterRun, Family, Validation
 from stages.params import LLMValidation, Params
 
 
@@ -37,13 +37,16 @@ def perplexity(artifact: Path, text: str, device: str, precision: str, context_l
                max_tokens: int) -> dict:
     import openvino as ov
 
-    windows = eval_windows(artifact, text, context_length, max_tokens)
+    ids = token_ids(artifact, text)[:max_tokens]
+    if len(ids) < 2:
+        raise ValueError("eval text is shorter than two tokens")
     core = ov.Core()
     compiled = core.compile_model(core.read_model(artifact / "openvino_model.xml"), device,
                                   {"INFERENCE_PRECISION_HINT": precision})
     request = compiled.create_infer_request()
     total, count = 0.0, 0
-    for w in tqdm(windows, desc=f"perplexity {artifact.name}", unit="window"):
+    windows = [ids[i:i + context_length] for i in range(0, len(ids), context_length)]
+    for w in tqdm([w for w in windows if len(w) > 1], desc=f"perplexity {artifact.name}", unit="window"):
         nll, n = window_nll(request, w)
         total += nll
         count += n
@@ -56,7 +59,8 @@ def generate(artifact: Path, prompts: list[str], device: str, precision: str, ma
     adapter is registered when the pipeline is built and chosen per generate() call (never fused)."""
     import openvino_genai as ov_genai
 
-    pipe = ov_genai.LLMPipeline(str(artifact), device, INFERENCE_PRECISION_HINT=precision, **registered(adapters))
+    registered = {"adapters": ov_genai.AdapterConfig([a.adapter() for a in adapters])} if adapters else {}
+    pipe = ov_genai.LLMPipeline(str(artifact), device, INFERENCE_PRECISION_HINT=precision, **registered)
     choices = [("none", ov_genai.AdapterConfig() if adapters else None)] + [(a.name, a.config()) for a in adapters]
     replies = {}
     for label, adapter_config in choices:
@@ -73,8 +77,9 @@ def adapter_pipeline(artifact: Path, device: str, precision: str, adapters: list
     returns prompt log-probabilities (echo=True, logprobs=1)."""
     import openvino_genai as ov_genai
 
-    return ov_genai.ContinuousBatchingPipeline(str(artifact), ov_genai.SchedulerConfig(), device,
-                                               {**registered(adapters), "INFERENCE_PRECISION_HINT": precision})
+    return ov_genai.ContinuousBatchingPipeline(
+        str(artifact), ov_genai.SchedulerConfig(), device,
+        {"adapters": ov_genai.AdapterConfig([a.adapter() for a in adapters]), "INFERENCE_PRECISION_HINT": precision})
 
 
 def pipeline_perplexity(pipe, windows: list[np.ndarray], adapter_config, label: str = "") -> float:
@@ -99,11 +104,7 @@ def pipeline_perplexity(pipe, windows: list[np.ndarray], adapter_config, label: 
 
 
 def eval_windows(artifact: Path, text: str, context_length: int, max_tokens: int) -> list[np.ndarray]:
-    """The first `max_tokens` tokens of the text in consecutive windows of `context_length` (one-token tails
-    dropped: they predict nothing)."""
     ids = token_ids(artifact, text)[:max_tokens]
-    if len(ids) < 2:
-        raise ValueError("eval text is shorter than two tokens")
     return [w for w in (ids[i:i + context_length] for i in range(0, len(ids), context_length)) if len(w) > 1]
 
 

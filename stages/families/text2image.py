@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stages.common import checkpoint_dir, read_lines
-from stages.families.base import AdapterRun, Family, Validation, registered
+from stages.families.base import AdapterRun, Family, Validation
 from stages.params import Params, Text2ImageValidation
 
 
@@ -77,8 +77,8 @@ def png_bytes(image) -> bytes:
 def image_pipeline(artifact: Path, device: str, precision: str, adapters: list[AdapterRun]):
     import openvino_genai as ov_genai
 
-    return ov_genai.Text2ImagePipeline(str(artifact), device, INFERENCE_PRECISION_HINT=precision,
-                                       **registered(adapters))
+    kwargs = {"adapters": ov_genai.AdapterConfig([a.adapter() for a in adapters])} if adapters else {}
+    return ov_genai.Text2ImagePipeline(str(artifact), device, INFERENCE_PRECISION_HINT=precision, **kwargs)
 
 
 def generate_image(pipe, prompt: str, seed: int, s: Text2ImageValidation, adapter_config=None):
