@@ -13,16 +13,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stages.common import adapter_dir, atomic_dir, checkpoint_dir, log, setup_logging, sha256_file, write_json
-from stages.params import (Adapter, AdapterFile, AdapterHub, AdapterTraining, Params, load_stage_params,
-                           stage_parser)
+from stages.core.determinism import deterministic_torch
+from stages.core.errors import BuildError, run_stage, user_input
+from stages.core.io import atomic_dir, sha256_file, write_json
+from stages.core.paths import adapter_dir, checkpoint_dir
+from stages.core.recipe import checkpoint_weight_shapes
+from stages.core.runtime import log, setup_logging
+from stages.core.schema import Adapter, AdapterFile, AdapterHub, AdapterTraining
+from stages.core.textdata import calibration_text, eval_text
+from stages.params import Params, load_stage_params, stage_parser
 
 ADAPTER_FILE = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
-
-
-class AdapterError(SystemExit):
-    pass
 
 
 def fetch_file(source: AdapterFile, out: Path, key: str) -> None:
@@ -30,9 +32,9 @@ def fetch_file(source: AdapterFile, out: Path, key: str) -> None:
     if path.is_dir():
         path = path / ADAPTER_FILE
     if not path.is_file():
-        raise AdapterError(f"{key}.source.path: adapter file not found: {path}")
+        raise BuildError(f"{key}.source.path: adapter file not found: {path}")
     if path.suffix != ".safetensors":
-        raise AdapterError(f"{key}.source.path: {path.name} is not a .safetensors file (pickle adapters are refused)")
+        raise BuildError(f"{key}.source.path: {path.name} is not a .safetensors file (pickle adapters are refused)")
     shutil.copyfile(path, out / ADAPTER_FILE)
     if (path.parent / PEFT_CONFIG).is_file():
         shutil.copyfile(path.parent / PEFT_CONFIG, out / PEFT_CONFIG)
@@ -43,7 +45,9 @@ def fetch_hub(source: AdapterHub, out: Path) -> None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
-    shutil.copyfile(hf_hub_download(source.repo_id, source.filename, revision=source.revision), out / ADAPTER_FILE)
+    where = f"source: {source.repo_id}@{source.revision}"
+    with user_input(f"{where} {source.filename}"):
+        shutil.copyfile(hf_hub_download(source.repo_id, source.filename, revision=source.revision), out / ADAPTER_FILE)
     try:
         config = hf_hub_download(source.repo_id, PEFT_CONFIG, revision=source.revision,
                                  subfolder=str(Path(source.filename).parent).strip(".") or None)
@@ -58,15 +62,13 @@ def train(source: AdapterTraining, checkpoint: Path, out: Path) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stages.evalsets import calibration_path
-
-    torch.manual_seed(source.seed)
+    deterministic_torch(source.seed)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    ids = tokenizer(calibration_path(source.data).read_text(), add_special_tokens=False,
+    ids = tokenizer(calibration_text(source.data), add_special_tokens=False,
                     return_tensors="pt").input_ids[0]
     windows = ids[: len(ids) // source.seq_len * source.seq_len].view(-1, source.seq_len)
     if len(windows) == 0:
-        raise AdapterError(f"source.data: calibration set '{source.data}' is shorter than seq_len tokens")
+        raise BuildError(f"source.data: calibration set '{source.data}' is shorter than seq_len tokens")
     base = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     model = get_peft_model(base, LoraConfig(r=source.rank, lora_alpha=source.lora_alpha, lora_dropout=0.0,
                                             target_modules=source.target_modules, task_type="CAUSAL_LM"))
@@ -92,7 +94,7 @@ def lora_pairs(adapter_file: Path) -> dict[str, dict[str, tuple]]:
     from safetensors import safe_open
 
     pairs: dict[str, dict[str, tuple]] = {}
-    with safe_open(adapter_file, framework="np") as st:
+    with user_input(f"{adapter_file}"), safe_open(adapter_file, framework="np") as st:
         for key in st.keys():
             m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.default)?\.weight", key)
             if m:
@@ -103,21 +105,19 @@ def lora_pairs(adapter_file: Path) -> dict[str, dict[str, tuple]]:
 def check_fits(adapter_file: Path, checkpoint: Path, model: str, key: str) -> int:
     """Every LoRA pair must target a linear layer of the model with matching shapes: A [r, in], B [out, r].
     (PEFT only warns about modules it cannot find, and genai skips them silently.) Returns the number of pairs."""
-    from stages.recipe_checks import checkpoint_weight_shapes
-
     pairs = lora_pairs(adapter_file)
     if not pairs:
-        raise AdapterError(f"{key}: {adapter_file.name} has no PEFT LoRA tensors (*.lora_A.weight / *.lora_B.weight)")
+        raise BuildError(f"{key}: {adapter_file.name} has no PEFT LoRA tensors (*.lora_A.weight / *.lora_B.weight)")
     weights = checkpoint_weight_shapes(checkpoint)
     for module, ab in sorted(pairs.items()):
         base = weights.get(f"{module}.weight")
         if base is None:
-            raise AdapterError(f"{key}: {adapter_file.name} adapts '{module}', which model '{model}' does not have "
+            raise BuildError(f"{key}: {adapter_file.name} adapts '{module}', which model '{model}' does not have "
                                "(an adapter for another architecture?)")
         if "A" not in ab or "B" not in ab:
-            raise AdapterError(f"{key}: {adapter_file.name} has lora_A or lora_B missing for '{module}'")
+            raise BuildError(f"{key}: {adapter_file.name} has lora_A or lora_B missing for '{module}'")
         if len(base) != 2 or ab["A"][1] != base[1] or ab["B"][0] != base[0] or ab["A"][0] != ab["B"][1]:
-            raise AdapterError(f"{key}: {adapter_file.name} '{module}' has lora_A {list(ab['A'])}, lora_B "
+            raise BuildError(f"{key}: {adapter_file.name} '{module}' has lora_A {list(ab['A'])}, lora_B "
                                f"{list(ab['B'])}, but model '{model}' has weight {list(base)} there "
                                "(an adapter for another architecture?)")
     return len(pairs)
@@ -129,9 +129,10 @@ def resolve_alpha(adapter: Adapter, out: Path, key: str) -> float:
         return adapter.alpha
     config = out / PEFT_CONFIG
     if not config.is_file():
-        raise AdapterError(f"{key}.alpha: not given, and the adapter has no {PEFT_CONFIG} to take lora_alpha / r from")
-    peft = json.loads(config.read_text())
-    return float(peft["lora_alpha"]) / float(peft["r"])
+        raise BuildError(f"{key}.alpha: not given, and the adapter has no {PEFT_CONFIG} to take lora_alpha / r from")
+    with user_input(f"{key}: {config}"):
+        peft = json.loads(config.read_text())
+        return float(peft["lora_alpha"]) / float(peft["r"])
 
 
 def peft_perplexity(checkpoint: Path, adapter_folder: Path, alpha: float, text: str, context_length: int,
@@ -172,7 +173,7 @@ def prepare(params: Params, name: str) -> dict:
     spec = params.spec(adapter.model)
     checkpoint = checkpoint_dir(adapter.model)
     if not (checkpoint / "manifest.json").is_file():
-        raise AdapterError(f"{checkpoint}: no checkpoint for '{adapter.model}'; run `dvc repro fetch@{adapter.model}`")
+        raise BuildError(f"{checkpoint}: no checkpoint for '{adapter.model}'; run `dvc repro fetch@{adapter.model}`")
     with atomic_dir(adapter_dir(name)) as out:
         info = {}
         if isinstance(adapter.source, AdapterFile):
@@ -188,10 +189,8 @@ def prepare(params: Params, name: str) -> dict:
                     **info}
         if spec.family == "llm":
             manifest["lora_modules"] = check_fits(out / ADAPTER_FILE, checkpoint, adapter.model, key)
-            if (out / PEFT_CONFIG).is_file():
-                from stages.evalsets import eval_text
-
-                s = params.validate_settings.llm
+            if (out / PEFT_CONFIG).is_file() and params.settings("llm") is not None:
+                s = params.settings("llm")
                 manifest["reference"] = peft_perplexity(checkpoint, out, alpha, eval_text(s.eval_set),
                                                         s.context_length, s.max_tokens)
                 manifest["reference"]["how"] = "PEFT PeftModel, fp32 PyTorch, same eval windows as validation"
@@ -207,4 +206,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

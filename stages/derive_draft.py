@@ -17,22 +17,24 @@ import shutil
 import time
 from pathlib import Path
 
-from stages.common import atomic_dir, checkpoint_dir, file_inventory, log, read_json, setup_logging, write_json
-from stages.params import DerivedDraft, Distillation, load_stage_params, stage_parser
+from stages.core.determinism import deterministic_torch
+from stages.core.errors import BuildError, run_stage
+from stages.core.io import atomic_dir, file_inventory, read_json, write_json
+from stages.core.paths import checkpoint_dir, source_manifest_path
+from stages.core.runtime import log, setup_logging
+from stages.core.schema import DerivedDraft, Distillation
+from stages.core.textdata import calibration_text
+from stages.params import load_stage_params, stage_parser
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model", "generation_config.json")
-
-
-class DeriveError(SystemExit):
-    pass
 
 
 def prune(model, keep_layers: int):
     """A copy of a decoder-only model with only its first `keep_layers` layers."""
     layers = model.model.layers
     if keep_layers >= len(layers):
-        raise DeriveError(f"keep_layers: {keep_layers} keeps every layer of a {len(layers)}-layer model; "
+        raise BuildError(f"keep_layers: {keep_layers} keeps every layer of a {len(layers)}-layer model; "
                           "a draft must be smaller")
     draft = copy.deepcopy(model)
     draft.model.layers = draft.model.layers[:keep_layers]
@@ -47,7 +49,7 @@ def windows(ids, seq_len: int):
 
     n = len(ids) // seq_len
     if n < 2:
-        raise DeriveError(f"distill.data: {len(ids)} tokens give fewer than two windows of seq_len {seq_len}")
+        raise BuildError(f"distill.data: {len(ids)} tokens give fewer than two windows of seq_len {seq_len}")
     return torch.tensor(ids[:n * seq_len]).view(n, seq_len)
 
 
@@ -104,7 +106,7 @@ def distill(teacher, student, text: str, tokenizer, cfg: Distillation) -> dict:
     import torch
     from tqdm import tqdm
 
-    torch.manual_seed(cfg.seed)
+    deterministic_torch(cfg.seed)
     data = windows(tokenizer(text, add_special_tokens=False)["input_ids"], cfg.seq_len)
     if cfg.chat_samples:
         data = torch.cat([data, windows(main_replies(teacher, tokenizer, text, cfg), cfg.seq_len)])
@@ -133,13 +135,12 @@ def distill(teacher, student, text: str, tokenizer, cfg: Distillation) -> dict:
         losses.append(loss.item())
     student.eval()
     after = held_out(teacher, student, held, cfg)
-    log.info("distilled %d steps: held-out KL %.3f -> %.3f, top-1 agreement %.3f -> %.3f", cfg.steps, before[0],
-             after[0], before[1], after[1])
+    log.info("distilled %d steps in %.0f s: held-out KL %.3f -> %.3f, top-1 agreement %.3f -> %.3f", cfg.steps,
+             time.perf_counter() - start, before[0], after[0], before[1], after[1])
     return {"held_out_kl_before": before[0], "held_out_kl_after": after[0], "held_out_top1_agreement_before": before[1],
             "held_out_top1_agreement_after": after[1], "train_windows": len(train),
             "held_out_windows": n_held, "train_tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
-            "final_train_kl": float(sum(losses[-10:]) / len(losses[-10:])),
-            "seconds": round(time.perf_counter() - start, 1)}
+            "final_train_kl": float(sum(losses[-10:]) / len(losses[-10:]))}
 
 
 def copy_tokenizer(src: Path, out: Path) -> list[str]:
@@ -156,14 +157,18 @@ def derive(name: str, spec: DerivedDraft, out: Path, distill_text: str | None = 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = checkpoint_dir(spec.base)
-    if not (base / "manifest.json").is_file():
-        raise DeriveError(f"{base}: no fetched checkpoint for base '{spec.base}'; run `dvc repro fetch@{spec.base}`")
-    teacher = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    student = prune(teacher, spec.keep_layers)
+    base, teacher_dir = checkpoint_dir(spec.base), checkpoint_dir(spec.teacher or spec.base)
+    for key, folder in (("base", base), ("teacher", teacher_dir)):
+        if not (folder / "manifest.json").is_file():
+            raise BuildError(f"derived_drafts.{name}.{key}: {folder} not fetched; run `dvc repro fetch@{folder.parent.name}`")
+    deterministic_torch(spec.distill.seed if spec.distill else 0)
+    pruned_from = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    student = prune(pruned_from, spec.keep_layers)
+    teacher = pruned_from if teacher_dir == base else AutoModelForCausalLM.from_pretrained(teacher_dir,
+                                                                                           dtype=torch.float32)
     stats = None
     if spec.distill:
-        stats = distill(teacher, student, distill_text, AutoTokenizer.from_pretrained(base), spec.distill)
+        stats = distill(teacher, student, distill_text, AutoTokenizer.from_pretrained(teacher_dir), spec.distill)
     base_manifest = read_json(base / "manifest.json")
     with atomic_dir(out) as tmp:
         student.save_pretrained(tmp, safe_serialization=True)
@@ -172,33 +177,28 @@ def derive(name: str, spec: DerivedDraft, out: Path, distill_text: str | None = 
             "model": name, "family": "llm",
             "source": {"type": "derived", **spec.model_dump(exclude_none=True)},
             "base": {"model": spec.base, "resolved_revision": base_manifest.get("resolved_revision"),
-                     "layers": teacher.config.num_hidden_layers},
+                     "layers": pruned_from.config.num_hidden_layers},
+            "teacher": spec.teacher or spec.base,
             "requested_revision": None, "resolved_revision": None, "license": base_manifest.get("license"),
             "parameters": sum(p.numel() for p in student.parameters()),
-            "base_parameters": sum(p.numel() for p in teacher.parameters()),
+            "base_parameters": sum(p.numel() for p in pruned_from.parameters()),
             "tokenizer_files": tokenizer_files, "distillation": stats, "files": file_inventory(tmp),
         }
         write_json(tmp / "manifest.json", manifest)
+    write_json(source_manifest_path(name), manifest)
     log.info("derived %s: %d of %d layers, %.1fM parameters", name, spec.keep_layers,
-             teacher.config.num_hidden_layers, manifest["parameters"] / 1e6)
+             pruned_from.config.num_hidden_layers, manifest["parameters"] / 1e6)
     return manifest
 
 
 def main(argv=None) -> None:
-    from stages.evalsets import calibration_path
-
     args = stage_parser(__doc__, draft=True).parse_args(argv)
     setup_logging()
     params = load_stage_params(args)
     spec = params.derived_drafts[args.draft]
-    text = None
-    if spec.distill:
-        path = calibration_path(spec.distill.data)
-        if not path.is_file():
-            raise DeriveError(f"{path}: text set '{spec.distill.data}' not built; run `dvc repro evalsets`")
-        text = path.read_text()
+    text = calibration_text(spec.distill.data) if spec.distill else None
     derive(args.draft, spec, checkpoint_dir(args.draft), text)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

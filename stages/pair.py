@@ -12,25 +12,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.common import MODELS, artifact_dir, atomic_dir, log, read_json, setup_logging, sha256_file, write_json
-from stages.params import Pair, Params, load_stage_params, stage_parser
-from stages.tokenizer_compat import check
+from stages.core.errors import BuildError, run_stage
+from stages.core.io import atomic_dir, read_json, sha256_file, write_json
+from stages.core.paths import artifact_dir, pairing_dir
+from stages.core.runtime import log, setup_logging
+from stages.core.schema import Pair
+from stages.core.tokenizers import check
+from stages.params import Params, load_stage_params, stage_parser
 
 
-class PairError(SystemExit):
-    pass
-
-
-def pairing_dir(pair: str) -> Path:
-    return MODELS / "pairs" / pair
-
-
-def artifact_summary(params: Params, pair: Pair, role: str, device: str) -> dict:
-    model, variant = pair.artifact(role)
-    folder = artifact_dir(model, variant)
-    if not (folder / "manifest.json").is_file():
-        raise PairError(f"pairs: {role} artifact {folder} is not built; run `dvc repro` for it first")
-    manifest = read_json(folder / "manifest.json")
+def artifact_summary(params: Params, artifact: str, role: str, device: str) -> dict:
+    folder = artifact_dir(artifact)
+    manifest = read_json(folder / "manifest.json", f"{role} artifact (run `dvc repro export@{artifact}`)")
+    model, variant = artifact.split("/")
     return {"model": model, "variant": variant, "path": folder.as_posix(), "device": device,
             "recipe": manifest.get("recipe"), "size_bytes": manifest.get("size_bytes"),
             "model_xml_sha256": sha256_file(folder / "openvino_model.xml")}
@@ -38,23 +32,23 @@ def artifact_summary(params: Params, pair: Pair, role: str, device: str) -> dict
 
 def devices(params: Params, pair: Pair) -> tuple[str, str]:
     """Main and draft devices: as the pair says, else each artifact's target."""
-    main_target = params.variants[pair.artifact("main")[1]].target
-    draft_target = params.variants[pair.artifact("draft")[1]].target
+    main_target = params.variants[pair.main.split("/")[1]].target
+    draft_target = params.variants[pair.draft.split("/")[1]].target
     return pair.main_device or main_target, pair.draft_device or draft_target
 
 
 def pair_artifacts(params: Params, name: str) -> dict:
     pair = params.pairs[name]
     main_device, draft_device = devices(params, pair)
-    main = artifact_summary(params, pair, "main", main_device)
-    draft = artifact_summary(params, pair, "draft", draft_device)
+    main = artifact_summary(params, pair.main, "main", main_device)
+    draft = artifact_summary(params, pair.draft, "draft", draft_device)
     log.info("checking tokenizers of %s (main) and %s (draft)", pair.main, pair.draft)
     result = check(Path(main["path"]), Path(draft["path"]))
     diff = "\n  ".join(result.problems)
     if not result.ok and pair.expect == "compatible":
-        raise PairError(f"pairs.{name}: draft {pair.draft} is not tokenizer-compatible with {pair.main}:\n  {diff}")
+        raise BuildError(f"pairs.{name}: draft {pair.draft} is not tokenizer-compatible with {pair.main}:\n  {diff}")
     if result.ok and pair.expect == "incompatible":
-        raise PairError(f"pairs.{name}: expected the check to refuse draft {pair.draft} (expect: incompatible), "
+        raise BuildError(f"pairs.{name}: expected the check to refuse draft {pair.draft} (expect: incompatible), "
                         f"but it passed ({', '.join(result.checked)})")
     status = "paired" if result.ok else "refused"
     manifest = {"pair": name, "status": status, "expect": pair.expect, "main": main, "draft": draft,
@@ -75,4 +69,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -10,7 +10,6 @@ to params `regression.baseline`. Writes metrics/regression.json and exits 1 on a
 """
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import asdict, dataclass
 from fnmatch import fnmatchcase
@@ -18,15 +17,13 @@ from typing import Optional
 
 from tabulate import tabulate
 
-from stages.common import METRICS, log, read_json, setup_logging, write_json
-from stages.gate import GATE_PATH
-from stages.params import RegressionRule, load_stage_params, stage_parser
-
-REGRESSION_PATH = METRICS / "regression.json"
-
-
-class RegressError(SystemExit):
-    """A gate.json that cannot be read (baseline revision or workspace): one line on stderr, exit 1."""
+from stages.core import thresholds
+from stages.core.errors import BuildError, run_stage
+from stages.core.io import read_json, write_json
+from stages.core.paths import GATE_PATH, REGRESSION_PATH
+from stages.core.runtime import log, setup_logging
+from stages.core.schema import RegressionRule
+from stages.params import load_stage_params, stage_parser
 
 
 @dataclass
@@ -55,47 +52,52 @@ def read_baseline(rev: str) -> dict:
     from dvc.scm import SCMError
 
     if rev == "workspace":
-        raise RegressError("--baseline: 'workspace' is the current side; give a git revision, branch or tag")
+        raise BuildError("--baseline: 'workspace' is the current side; give a git revision, branch or tag")
     try:
         with Repo(".") as repo:
             shown = repo.metrics.show(targets=[str(GATE_PATH)], revs=[rev], on_error="return")
     except NotDvcRepoError:
-        raise RegressError("not in a DVC project: run stages.regress from the pipeline's root") from None
+        raise BuildError("not in a DVC project: run stages.regress from the pipeline's root") from None
     except SCMError as e:
-        raise RegressError(f"baseline revision '{rev}' not found in git ({e})") from None
+        raise BuildError(f"baseline revision '{rev}' not found in git ({e})") from None
     except DvcException as e:
-        raise RegressError(f"baseline revision '{rev}': cannot read {GATE_PATH}: {e}") from None
+        raise BuildError(f"baseline revision '{rev}': cannot read {GATE_PATH}: {e}") from None
     return baseline_data(rev, shown)
 
 
 def baseline_data(rev: str, shown: dict) -> dict:
     """The gate.json data out of Repo.metrics.show()'s {rev: {"data": {path: {"data" | "error"}}}}."""
     if rev not in shown:  # DVC skips a revision from before `dvc init`
-        raise RegressError(f"baseline revision '{rev}' has no DVC project")
+        raise BuildError(f"baseline revision '{rev}' has no DVC project")
     result = shown[rev].get("data", {}).get(str(GATE_PATH)) or {"error": shown[rev].get("error")}
     if "data" not in result:
         error = result.get("error")
         why = "not committed there" if isinstance(error, FileNotFoundError) or error is None else error
-        raise RegressError(f"baseline revision '{rev}' has no readable {GATE_PATH} ({why})")
+        raise BuildError(f"baseline revision '{rev}' has no readable {GATE_PATH} ({why})")
     data = result["data"]
     artifacts = data.get("artifacts")
     if not isinstance(artifacts, dict) or any("family" not in a for a in artifacts.values()):
-        raise RegressError(f"baseline revision '{rev}': {GATE_PATH} has no per-artifact family/device metrics "
+        raise BuildError(f"baseline revision '{rev}': {GATE_PATH} has no per-artifact family/device metrics "
                            "(written by an older stages.gate); nothing to compare against")
     return data
 
 
 def read_current() -> dict:
     if not GATE_PATH.is_file():
-        raise RegressError(f"{GATE_PATH} not found in the workspace: run `python -m stages.gate` first")
-    data = read_json(GATE_PATH)
+        raise BuildError(f"{GATE_PATH} not found in the workspace: run `python -m stages.gate` first")
+    data = read_json(GATE_PATH, "gate summary")
     if not isinstance(data.get("artifacts"), dict):
-        raise RegressError(f"{GATE_PATH} in the workspace has no 'artifacts' section: rerun `python -m stages.gate`")
+        raise BuildError(f"{GATE_PATH} in the workspace has no 'artifacts' section: rerun `python -m stages.gate`")
     return data
 
 
-def numbers(metrics: Optional[dict]) -> dict[str, float]:
-    return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+def numbers(device: Optional[dict]) -> dict[str, float]:
+    """A device's metrics and its comparisons (named "<metric> vs <against>", e.g. "ssim vs source")."""
+    device = device or {}
+    flat = dict(device.get("metrics") or {})
+    for against, compared in (device.get("vs") or {}).items():
+        flat |= {f"{k} vs {against}": v for k, v in (compared or {}).items()}
+    return {k: v for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def unvalidated_reasons(gate: dict) -> dict[tuple[str, str], str]:
@@ -111,40 +113,22 @@ def applicable(rules: list[RegressionRule], name: str, family: Optional[str], me
             and fnmatchcase(metric, r.metric)]
 
 
-def bounds(rule: RegressionRule) -> list[tuple[str, float, bool, bool]]:
-    """(text, limit, is_increase, is_percent) for each bound the rule sets."""
-    spec = ((rule.max_increase, True, False), (rule.max_increase_pct, True, True),
-            (rule.max_decrease, False, False), (rule.max_decrease_pct, False, True))
-    return [(f"{'+' if up else '-'}{limit:g}{'%' if pct else ''}", limit, up, pct)
-            for limit, up, pct in spec if limit is not None]
-
-
 def allowed_text(rules: list[RegressionRule]) -> str:
-    return ", ".join(dict.fromkeys(text for r in rules for text, *_ in bounds(r)))
+    return ", ".join(dict.fromkeys(thresholds.describe(thresholds.bounds_of(r), "baseline") for r in rules))
 
 
-def percent(old: float, delta: float) -> float:
-    if old:
-        return delta / abs(old) * 100
-    return 0.0 if delta == 0 else math.copysign(math.inf, delta)  # any change from 0 is unbounded in %
-
-
-def within(change: float, limit: float) -> bool:
-    return change <= limit or math.isclose(change, limit, rel_tol=1e-9, abs_tol=1e-12)  # NaN: False
-
-
-def breaches(rule: RegressionRule, old: float, delta: float) -> list[str]:
-    pct = percent(old, delta)
+def breaches(rules: list[RegressionRule], old: float, new: float) -> list[str]:
+    """What each covering rule's bounds say about old -> new (the gate's arithmetic: thresholds.check)."""
     found = []
-    for text, limit, up, is_pct in bounds(rule):
-        change = (pct if is_pct else delta) * (1 if up else -1)
-        if not within(change, limit):
-            found.append(f"{'+' if up else '-'}{change:.4g}{'%' if is_pct else ''} beyond {text}")
-    return found
+    for rule in rules:
+        verdict = thresholds.check(thresholds.bounds_of(rule), new, old, "baseline")
+        if not verdict.ok:
+            found.append(verdict.note or verdict.threshold)
+    return list(dict.fromkeys(found))
 
 
 def change_text(old: float, delta: float) -> str:
-    return f"{delta:+.4g} ({percent(old, delta):+.1f}%)" if old else f"{delta:+.4g}"
+    return f"{delta:+.4g} ({thresholds.percent(old, delta):+.1f}%)" if old else f"{delta:+.4g}"
 
 
 # ---------------------------------------------------------------- rows
@@ -155,7 +139,7 @@ def metric_row(name: str, device: str, metric: str, old: Optional[float], new: O
     if old is None:
         row.status, row.note = "new", "not in the baseline"
     elif new is not None:
-        broken = list(dict.fromkeys(b for r in rules for b in breaches(r, old, new - old)))
+        broken = breaches(rules, old, new)
         row.change, row.status, row.note = change_text(old, new - old), "fail" if broken else "pass", "; ".join(broken)
     elif status == "not_validated":
         row.status, row.note = "not_compared", reason or f"{device} not validated on this host"
@@ -166,9 +150,9 @@ def metric_row(name: str, device: str, metric: str, old: Optional[float], new: O
 
 def device_rows(name: str, family: Optional[str], device: str, old_dev: Optional[dict], new_dev: dict,
                 rules: list[RegressionRule], reason: str) -> list[Row]:
-    old_metrics = numbers((old_dev or {}).get("metrics"))
+    old_metrics = numbers(old_dev)
     status = new_dev.get("status", "unknown")
-    new_metrics = numbers(new_dev.get("metrics")) if status == "validated" else {}
+    new_metrics = numbers(new_dev) if status in ("validated", "emulated") else {}
     rows = []
     for metric in dict.fromkeys([*old_metrics, *new_metrics]):
         covering = applicable(rules, name, family, metric)
@@ -234,4 +218,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_stage(main)

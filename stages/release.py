@@ -4,102 +4,36 @@ cards) and release/manifest.json listing every artifact with its files' sha256, 
     python -m stages.release                  (pipeline stage: writes release/)
     python -m stages.release --bundle DIR     (also assemble upload-ready folders: artifact files + card)
 
-An artifact is released when the gate has no failing row for it and it was validated on at least one target
-device (in dev mode a target device absent here is listed on the card; release mode's gate fails on it).
-A draft is released when a pair using it was validated and passed the gate; its card shows the pairs.
+An artifact is released when the gate has no failing row for it and it was validated on at least one target device
+(in dev mode with gate.accept_emulated, an emulated target counts, labelled as such). A random-init stand-in is
+never released. A draft is released when a pair using it was validated and passed the gate. Cards carry accuracy,
+the rules applied and the worst examples; no timings (they depend on the host; the report has them).
 """
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import jinja2
 import yaml
 
-from stages.common import (artifact_dir, atomic_dir, file_inventory, log, read_json, setup_logging,
-                           validation_metrics_path, write_json, write_text)
+from stages.core.errors import BuildError, run_stage
+from stages.core.formatting import LEVELS, by_adapter, example_text, fmt, recipe_label
+from stages.core.io import atomic_dir, file_inventory, read_json, write_json, write_text
+from stages.core.paths import GATE_PATH, RELEASE, SOURCE, artifact_dir, reference_path, split_artifact, validation_path
+from stages.core.runtime import log, setup_logging
+from stages.core.schema import TinySource
 from stages.families import get_family
-from stages.gate import GATE_PATH
-from stages.params import Params, TinySource, load_stage_params, stage_parser
-from stages.report import PERFORMANCE, by_adapter, fmt, recipe_label
+from stages.params import Params, load_stage_params, stage_parser
 
-RELEASE = Path("release")
+TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                               undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+DRAFT_USAGE = """import openvino_genai as ov_genai
 
-CARD = jinja2.Template("""---
-{{ front_matter }}---
-
-# {{ name }}
-
-{{ summary }}
-
-## Source
-
-- Base model: {{ base }}
-- Revision: requested `{{ source.requested_revision or "-" }}`, resolved `{{ source.resolved_revision or "-" }}`
-{%- if note %}
-- Note: {{ note }}
-{%- endif %}
-- Licence of the source: {{ license or "not stated" }}
-
-## Quantization parameters
-
-Recipe `{{ variant }}` ({{ recipe }}), as read back from the IR's `rt_info`:
-{% for ir, info in rt_info.items() %}
-- `{{ ir }}`: {% for k, v in info.items() if k != "advanced_parameters" %}{{ k }}={{ v }}{% if not loop.last %}, {% endif %}{% endfor %}
-{%- endfor %}
-
-Weight precisions (share of weights): {{ bitwidths }}. Size on disk: {{ "%.1f" | format(size_mb) }} MB.
-
-## Validation
-
-Release status: **{{ "released" if released else "withheld" }}** ({{ reason }}); gate mode `{{ gate_mode }}`.
-{% if pairs %}
-A draft for speculative decoding, validated through `openvino_genai.LLMPipeline(main, draft_model=...)`:
-greedy output must equal the main alone's.
-
-| pair | main | devices (main + draft) | status | output match | acceptance | TPOT speedup |
-|---|---|---|---|---|---|---|
-{% for p in pairs -%}
-| {{ p.name }} | {{ p.main }} | {{ p.devices }} | {{ p.status }} | {{ p.output_match }} | {{ p.acceptance }} | {{ p.speedup }} |
-{% endfor %}
-{%- else %}
-| device | status | {{ metric_keys | join(" | ") }} |
-|---|---|{% for _ in metric_keys %}---|{% endfor %}
-{% for d in devices -%}
-| {{ d.device }}{% if d.name %} ({{ d.name }}){% endif %} | {{ d.status }} | {{ d.cells | join(" | ") }} |
-{% endfor %}
-{%- for d in devices if d.reason %}
-- {{ d.device }}: {{ d.reason }}
-{%- endfor %}
-
-Evaluation: {{ eval_info }}. Inference precision {{ precision }}.
-Performance after one warm-up on fixed inputs; peak RSS of a fresh process.
-{%- if adapters %}
-
-LoRA adapters validated with this artifact (applied at run time, never fused), on {{ adapters_device }}:
-{% for a in adapters %}
-- `{{ a.name }}`: {% for k, v in a.metrics.items() %}{{ k }} {{ v }}{% if not loop.last %}, {% endif %}{% endfor %}
-{%- endfor %}
-{%- endif %}
-{%- endif %}
-
-## Software
-
-- Exported with: {{ export_software }}
-- Validated with: {{ runtime_versions }}
-
-## Running the model
-
-```python
-{{ usage }}
-```
-
-## Legal information
-
-The original model is distributed under the {{ license or "source's" }} licence; this artifact inherits it.
-""", undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+pipe = ov_genai.LLMPipeline("{main}", "{device}", draft_model=ov_genai.draft_model("{path}", "{device}"))
+config = ov_genai.GenerationConfig(max_new_tokens=100, num_assistant_tokens=3)
+print(pipe.generate("What is OpenVINO?", config))"""
 
 
 def base_model(source: dict) -> tuple[str, str | None]:
@@ -108,95 +42,143 @@ def base_model(source: dict) -> tuple[str, str | None]:
     if src.get("type") == "hub":
         return f"[{src['repo_id']}](https://huggingface.co/{src['repo_id']})", src["repo_id"]
     if src.get("type") == "derived":
-        how = " and distilled from it" if src.get("distill") else ""
+        how = f" and distilled from `{src.get('teacher') or src['base']}`" if src.get("distill") else ""
         return f"the first {src['keep_layers']} decoder layers of `{src['base']}`{how}", None
-    where = src.get("path") or ", ".join(src.get("parts") or src.get("model_files") or [])
-    return f"{src.get('type', 'local')} file `{where}`", None
+    where = src.get("path") or ", ".join(src.get("parts") or src.get("model_files") or []) or src.get("kind", "")
+    return f"{src.get('type', 'local')} `{where}`", None
 
 
-DRAFT_USAGE = """import openvino_genai as ov_genai
-
-pipe = ov_genai.LLMPipeline("{main}", "{device}", draft_model=ov_genai.draft_model("{path}", "{device}"))
-config = ov_genai.GenerationConfig(max_new_tokens=100, num_assistant_tokens=3)
-print(pipe.generate("What is OpenVINO?", config))"""
+def rows_of(gate: dict, name: str) -> list[dict]:
+    return [r for r in gate["rows"] if r["artifact"] == name]
 
 
-def failed_rows(gate: dict, name: str) -> list[dict]:
-    return [r for r in gate["rows"] if r["artifact"] == name and r["status"] == "fail"]
+def release_decision(params: Params, gate: dict, artifact: str, record: dict) -> tuple[bool, str]:
+    failed = [r for r in rows_of(gate, artifact) if r["status"] == "fail"]
+    if failed:
+        return False, "gate failed: " + ", ".join(dict.fromkeys(f"{r['metric']} on {r['device']}" for r in failed))
+    ran = {d: r["status"] for d, r in record["devices"].items()}
+    validated = [d for d, s in ran.items() if s == "validated"]
+    emulated = [d for d, s in ran.items() if s == "emulated"]
+    if validated:
+        decision = True, f"gate passed on {', '.join(validated)}"
+    elif emulated and params.gate.mode == "dev" and params.gate.accept_emulated:
+        decision = True, f"gate passed on {', '.join(emulated)} (emulated, accepted for this dev build)"
+    elif emulated:
+        decision = False, f"only emulated on {', '.join(emulated)} (not validated on a real target device)"
+    else:
+        decision = False, "not validated on any target device"
+    if decision[0] and isinstance(params.spec(split_artifact(artifact)[0]).source, TinySource):
+        return False, decision[1] + ", but a random-init stand-in is never released"
+    return decision
 
 
-def main_validation(params: Params, gate: dict, model: str, variant: str) -> dict:
-    """Card context, release decision and devices of a main artifact, from its validation record."""
-    name, family = f"{model}/{variant}", get_family(params.spec(model).family)
-    record = read_json(validation_metrics_path(model, variant))
-    validated = [d for d, r in record["devices"].items() if r["status"] == "validated"]
-    failed = failed_rows(gate, name)
-    released, reason = (False, "gate failed: " + ", ".join(f"{r['metric']} on {r['device']}" for r in failed)) \
-        if failed else (False, "not validated on any target device") if not validated else \
-        (True, f"gate passed on {', '.join(validated)}")
-    if released and isinstance(params.spec(model).source, TinySource):
-        released, reason = False, f"gate passed on {', '.join(validated)}, but a random-init stand-in is never released"
-    gated = gate["artifacts"].get(name, {}).get("devices", {})  # with the metrics relative to the reference
-    metrics = {d: {**r.get("metrics", {}), **gated.get(d, {}).get("metrics", {})} for d, r in record["devices"].items()}
-    keys = family.report_metrics(params) + [k for k in PERFORMANCE if any(k in m for m in metrics.values())]
+def device_rows(record: dict, gated: dict, keys: list[str]) -> list[dict]:
+    rows = []
+    for device, r in record["devices"].items():
+        g = gated.get("devices", {}).get(device, {})
+        values = {**r.get("metrics", {}), **{f"{k} vs {a}": v for a, vs in g.get("vs", {}).items()
+                                             for k, v in vs.items()}}
+        level = LEVELS.get(r["status"], r["status"]) + (f" ({r['emulation']['label']})" if "emulation" in r else "")
+        rows.append({"device": device, "level": level, "reason": r.get("reason"),
+                     "cells": [fmt(values.get(k)) for k in keys]})
+    return rows
+
+
+def card_keys(family, settings, gated: dict, reference_variant: str) -> list[str]:
+    keys = [k for k in family.report_metrics(settings) if k not in family.comparison_metrics]
+    keys += [f"{k} vs {a}" for a in (SOURCE, reference_variant) for k in family.comparison_metrics
+             if any(k in d.get("vs", {}).get(a, {}) for d in gated.get("devices", {}).values())]
+    return keys
+
+
+def drafts_of(params: Params, gate: dict, artifact: str) -> list[dict]:
+    found = []
+    for name, pair in params.speculative_entries().items():
+        rec = gate["artifacts"].get(f"pair:{name}", {})
+        if pair.main == artifact and rec.get("status") == "validated" and \
+                not [r for r in rows_of(gate, f"pair:{name}") if r["status"] == "fail"]:
+            found.append({"pair": name, "draft": getattr(pair, "draft", "prompt lookup"), "output_match": fmt(rec["metrics"].get("output_match")),
+                          "acceptance": fmt(rec["metrics"].get("acceptance_rate"), ".3f"),
+                          "setting": ", ".join(f"{k}={v}" for k, v in rec.get("best_setting", {}).items())})
+    return found
+
+
+def main_context(params: Params, gate: dict, artifact: str) -> dict:
+    """Card context and release decision of a main artifact, from its validation record and gate rows."""
+    model, variant = split_artifact(artifact)
+    family = get_family(params.family_of(model))
+    settings = params.settings(family.name)
+    record = read_json(validation_path(artifact), "validation record")
+    gated = gate["artifacts"].get(artifact, {})
+    released, reason = release_decision(params, gate, artifact, record)
+    keys = card_keys(family, settings, gated, settings.reference)
+    source = read_json(reference_path(model), "source reference") if reference_path(model).is_file() else {}
+    worst = [example_text(x) for d in gated.get("devices", {}).values() for x in d.get("worst", {}).get(SOURCE, [])]
     infos = [r.get("info") for r in record["devices"].values() if r.get("info")]
-    return {"released": released, "reason": reason, "validated_on": validated, "pairs": [],
-            "metric_keys": [PERFORMANCE[k][0] if k in PERFORMANCE else k for k in keys],
-            "devices": [{"device": d, "name": r.get("device_name"), "status": r["status"], "reason": r.get("reason"),
-                         "cells": [fmt(metrics[d].get(k)) for k in keys]} for d, r in record["devices"].items()],
-            "eval_info": infos[0] if infos else "not run", "precision": record.get("inference_precision"),
-            "runtime_software": record.get("software", {}),
+    return {"released": released, "reason": reason, "pairs": [], "metric_keys": keys,
+            "devices": device_rows(record, gated, keys),
+            "source_metrics": ", ".join(f"{k} {fmt(v)}" for k, v in source.get("metrics", {}).items()) or "missing",
+            "rules": [{**r, "value": fmt(r["value"])} for r in rows_of(gate, artifact)],
+            "worst": list(dict.fromkeys(worst))[:5], "eval_info": infos[0] if infos else "not run",
+            "precision": record.get("inference_precision"), "runtime_software": record.get("software", {}),
             "adapters": [{"name": c, "metrics": {k: fmt(v) for k, v in m.items()}}
-                         for c, m in by_adapter(record.get("metrics", {})).items()], "adapters_device": record.get("device"),
-            "usage": family.usage.format(path=name.replace("/", "-"), device=params.variants[variant].target)}
+                         for c, m in by_adapter(gated.get("devices", {}).get(record.get("device") or "", {})
+                                                .get("metrics", {})).items()],
+            "adapters_device": record.get("device"), "drafts": drafts_of(params, gate, artifact),
+            "validated_on": [d for d, r in record["devices"].items() if r["status"] in ("validated", "emulated")],
+            "usage": family.usage.format(path=artifact.replace("/", "-"), device=params.variants[variant].target)}
 
 
-def draft_validation(params: Params, gate: dict, name: str) -> dict:
+def draft_context(params: Params, gate: dict, artifact: str) -> dict:
     """Card context and release decision of a draft: released when a pair using it was validated and passed."""
     rows, served = [], []
-    for pair_name, pair in ((n, p) for n, p in params.pairs.items() if p.draft == name):
+    for pair_name, pair in ((n, p) for n, p in params.pairs.items() if p.draft == artifact):
         rec = gate["artifacts"].get(f"pair:{pair_name}", {"status": "missing", "metrics": {}})
-        m = rec["metrics"]
+        m = rec.get("metrics", {})
         rows.append({"name": pair_name, "main": pair.main, "devices": rec.get("device") or "-",
                      "status": rec["status"], "output_match": fmt(m.get("output_match")),
-                     "acceptance": fmt(m.get("acceptance_rate"), ".3f"), "speedup": fmt(m.get("tpot_speedup"), ".2f")})
-        if rec["status"] == "validated" and not failed_rows(gate, f"pair:{pair_name}"):
+                     "acceptance": fmt(m.get("acceptance_rate"), ".3f"),
+                     "setting": ", ".join(f"{k}={v}" for k, v in rec.get("best_setting", {}).items()) or "-"})
+        if rec["status"] == "validated" and not [r for r in rows_of(gate, f"pair:{pair_name}") if r["status"] == "fail"]:
             served.append((pair_name, pair, rec.get("device") or "CPU"))
     reason = f"validated as the draft of {', '.join(p for p, _, _ in served)}" if served else \
         "no validated pair uses it" + (f" ({', '.join(r['name'] + ': ' + r['status'] for r in rows)})" if rows else "")
     device = served[0][2].split("+")[-1] if served else "CPU"
     main = served[0][1].main.replace("/", "-") if served else "<main>"
     return {"released": bool(served), "reason": reason, "validated_on": sorted({d for *_, d in served}),
-            "pairs": rows, "metric_keys": [], "devices": [], "eval_info": "", "precision": "",
-            "runtime_software": {}, "adapters": [], "adapters_device": None, "usage": DRAFT_USAGE.format(main=main, path=name.replace("/", "-"),
-                                                                 device=device)}
+            "pairs": rows, "metric_keys": [], "devices": [], "eval_info": "", "precision": "", "rules": [],
+            "worst": [], "source_metrics": "", "runtime_software": {}, "adapters": [], "adapters_device": None,
+            "drafts": [], "usage": DRAFT_USAGE.format(main=main, path=artifact.replace("/", "-"), device=device)}
 
 
-def card(params: Params, gate: dict, model: str, variant: str, role: str = "main") -> tuple[str, dict]:
-    """The card text and the artifact's manifest entry; `role` is main (an llm/whisper build) or draft."""
-    name = f"{model}/{variant}"
+def card(params: Params, gate: dict, artifact: str, role: str) -> tuple[str, dict]:
+    """The card text and the artifact's manifest entry; `role` is main (in build) or draft."""
+    model, variant = split_artifact(artifact)
     spec, recipe = params.spec(model), params.variants[variant]
     family = get_family(spec.family)
-    manifest = read_json(artifact_dir(model, variant) / "manifest.json")
-    ctx = main_validation(params, gate, model, variant) if role == "main" else draft_validation(params, gate, name)
+    manifest = read_json(artifact_dir(artifact) / "manifest.json", "export manifest")
+    ctx = main_context(params, gate, artifact) if role == "main" else draft_context(params, gate, artifact)
     text_base, hub_id = base_model(manifest["source"])
     tags = ["openvino", "nncf", recipe.weight_format, *[t.lower() for t in recipe.targets]] + \
         (["speculative-decoding", "draft"] if role == "draft" else [])
     front = {"license": spec.license or "other", **({"base_model": hub_id, "base_model_relation": "quantized"}
                                                      if hub_id else {}),
              "library_name": "openvino", "pipeline_tag": family.pipeline_tag, "tags": tags}
-    text = CARD.render(
-        **ctx, front_matter=yaml.safe_dump(front, sort_keys=False), name=name, base=text_base,
+    parity = manifest.get("tokenizer_parity") or {}
+    text = TEMPLATES.get_template("card.md.j2").render(
+        **ctx, front_matter=yaml.safe_dump(front, sort_keys=False), name=artifact, base=text_base,
         source=manifest["source"], summary=f"OpenVINO IR of {text_base}, weights compressed to "
                                            f"{recipe.weight_format} for {', '.join(recipe.targets)}.",
         note=spec.note, license=spec.license, variant=variant, recipe=recipe_label(recipe),
         rt_info=manifest.get("rt_info", {}), bitwidths=manifest["weight_bitwidths"],
         size_mb=manifest["size_bytes"] / 1e6, gate_mode=gate["mode"],
+        tokenizer=f"{fmt(parity['share'])} of probes identical" if "share" in parity else "",
+        npu=recipe.npu.model_dump() if recipe.npu else None,
         export_software=versions(manifest.get("software", {})), runtime_versions=versions(ctx["runtime_software"]))
-    entry = {"name": name, "family": family.name, "role": role, "released": ctx["released"],
+    entry = {"name": artifact, "family": family.name, "role": role, "released": ctx["released"],
              "reason": ctx["reason"], "targets": recipe.targets, "validated_on": ctx["validated_on"],
-             "path": artifact_dir(model, variant).as_posix(), "size_bytes": manifest["size_bytes"],
-             "source": manifest["source"], "files": verified_files(model, variant, manifest)}
+             "path": artifact_dir(artifact).as_posix(), "size_bytes": manifest["size_bytes"],
+             "source": manifest["source"], "files": verified_files(artifact, manifest)}
     return text, entry
 
 
@@ -204,26 +186,24 @@ def versions(packages: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in packages.items()) or "not recorded"
 
 
-def verified_files(model: str, variant: str, manifest: dict) -> list[dict]:
+def verified_files(artifact: str, manifest: dict) -> list[dict]:
     """The artifact's files as they are on disk now; they must match the export manifest's inventory."""
-    on_disk = file_inventory(artifact_dir(model, variant))
+    on_disk = file_inventory(artifact_dir(artifact))
     if on_disk != manifest["files"]:
         changed = sorted({f["path"] for f in on_disk} ^ {f["path"] for f in manifest["files"]} |
                          {a["path"] for a, b in zip(on_disk, manifest["files"]) if a != b})
-        raise SystemExit(f"{artifact_dir(model, variant)}: files differ from its export manifest ({changed[:5]}); "
+        raise BuildError(f"{artifact_dir(artifact)}: files differ from its export manifest ({changed[:5]}); "
                          "re-run `dvc repro` (or `dvc checkout`)")
     return on_disk
 
 
 def release(params: Params) -> dict:
-    gate = read_json(GATE_PATH)
+    gate = read_json(GATE_PATH, "gate summary (run `dvc repro gate`)")
     entries = []
-    artifacts = [(m, v, "main") for b in params.builds().values() for m in b.models for v in b.variants] + \
-        [(m, v, "draft") for m in params.drafts.models for v in params.drafts.variants]
     with atomic_dir(RELEASE) as tmp:
-        for model, variant, role in artifacts:
-            text, entry = card(params, gate, model, variant, role)
-            card_path = Path(model) / variant / "README.md"
+        for artifact, role in [(a, "main") for a in params.build] + [(a, "draft") for a in params.drafts]:
+            text, entry = card(params, gate, artifact, role)
+            card_path = Path(artifact) / "README.md"
             write_text(tmp / card_path, text)
             entries.append({**entry, "card": (RELEASE / card_path).as_posix()})
         manifest = {"gate_mode": gate["mode"], "gate_passed": gate["passed"],
@@ -255,11 +235,11 @@ def main(argv=None) -> int:
     ap.add_argument("--bundle", type=Path)
     args = ap.parse_args(argv)
     setup_logging()
-    manifest = release(load_stage_params(args))
+    manifest = release(load_stage_params(args, full=True))
     if args.bundle:
         bundle(manifest, args.bundle)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_stage(main)

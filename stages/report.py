@@ -1,205 +1,168 @@
-"""Stage report: a Markdown summary and one self-contained HTML page of every artifact, and DVC plot data
-(accuracy vs size and latency vs size, per family).
+"""Stage report (perf/dvc.yaml): reports/summary.md and one self-contained reports/index.html, both rendered from
+jinja2 templates: the verdict first (gate, released / withheld and why, what failed where), then per family the
+source row and every artifact, the examples that moved most, speculative pairs, performance per device, plots
+(labelled model/variant), contact sheets (source beside artifact) and the build's wall time per stage. Also the DVC
+plot data in metrics/plots/ (`dvc plots show`).
 
     python -m stages.report
 """
 from __future__ import annotations
 
 import base64
-import html
 import io
+import json
+import os
 from pathlib import Path
 
-from tabulate import tabulate
+import jinja2
 
-from stages.common import METRICS, artifact_dir, read_json, setup_logging, validation_plot_path, write_json, write_text
+from stages.core.errors import TIMINGS_ENV, run_stage
+from stages.core.formatting import LEVELS, PERFORMANCE, by_adapter, example_text, fmt, gate_status, recipe_label
+from stages.core.io import read_json, write_json, write_text
+from stages.core.paths import (GATE_PATH, METRICS, RELEASE, REPORTS, SOURCE, artifact_dir, device_outputs_dir,
+                               pair_metrics_path, pair_performance_path, performance_path, reference_path,
+                               source_outputs_dir, split_artifact)
+from stages.core.runtime import setup_logging
+from stages.core.schema import TinySource
 from stages.families import get_family
-from stages.gate import GATE_PATH
-from stages.params import Params, TinySource, Variant, load_stage_params, stage_parser
-from stages.speculative import pair_metrics_path
+from stages.params import Params, load_stage_params, stage_parser
+from stages.runner import CONTACT_SHEET
 
-REPORT_PATH = Path("reports") / "summary.md"
-HTML_PATH = Path("reports") / "index.html"
+SUMMARY_PATH, HTML_PATH = REPORTS / "summary.md", REPORTS / "index.html"
 PLOTS_DIR = METRICS / "plots"
-PERFORMANCE = {  # metric: (column title, number format)
-    "load_s": ("load+compile s", ".2f"), "ttft_ms": ("TTFT ms", ".1f"), "tpot_ms": ("TPOT ms", ".2f"),
-    "throughput_tok_s": ("tokens/s", ".1f"), "rtf": ("RTF", ".3f"), "image_s": ("s/image", ".3f"), "peak_rss_mb": ("peak RSS MB", ".0f")}
-
-
-def recipe_label(v: Variant) -> str:
-    if v.weight_format == "fp16":
-        return "fp16"
-    parts = [v.weight_format, "sym" if v.sym else "asym"]
-    if v.weight_format == "int4":
-        parts.append("channel-wise" if v.group_size == -1 else f"g{v.group_size}")
-        if v.ratio is not None and v.ratio < 1:
-            parts.append(f"r{v.ratio:g}")
-        parts += [n for n, on in (("awq", v.awq), ("se", v.scale_estimation)) if on]
-    if v.dataset:  # data-aware (LLM) or hybrid (text-to-image) compression
-        parts.append(f"calibrated on {v.dataset}")
-    return " ".join(parts)
-
-
-def fmt(x, spec=".4g") -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def gate_status(gate: dict, name: str) -> str:
-    """FAIL, or which devices passed and which were not validated, e.g. "pass (CPU); not validated: GPU"."""
-    rows = [r for r in gate["rows"] if r["artifact"] == name]
-    by_status = {s: sorted({r["device"] for r in rows if r["status"] == s}) for s in ("fail", "pass", "not_validated")}
-    if by_status["fail"]:
-        return f"FAIL ({', '.join(by_status['fail'])})"
-    parts = [f"pass ({', '.join(by_status['pass'])})"] if by_status["pass"] else []
-    if by_status["not_validated"]:
-        parts.append(f"NOT VALIDATED: {', '.join(by_status['not_validated'])}")
-    return "; ".join(parts) or "no rule"
-
-
-def artifact_rows(params: Params, gate: dict) -> list[dict]:
-    rows = []
-    for family, build in params.builds().items():
-        for model in build.models:
-            for variant in build.variants:
-                name = f"{model}/{variant}"
-                record = read_json(METRICS / "validate" / model / f"{variant}.json")
-                proxy = record.get("proxy")
-                rows.append({
-                    "artifact": name, "family": family, "targets": record.get("targets", []), "model": model,
-                    "variant": variant, "random_init": isinstance(params.spec(model).source, TinySource),
-                    "recipe": recipe_label(params.variants[variant]),
-                    "size_mb": read_json(artifact_dir(model, variant) / "manifest.json")["size_bytes"] / 1e6,
-                    "status": record["status"], "gate": gate_status(gate, name),
-                    "metrics": gate["artifacts"].get(name, {}).get("metrics", {}), "device": record.get("device"),
-                    "devices": record.get("devices", {}),
-                    "proxy_metrics": proxy["metrics"] if proxy else {}, "proxy_device": proxy and proxy["device"],
-                })
-    return rows
-
-
-def metric_cell(row: dict, key: str) -> str:
-    if key in row["metrics"]:
-        return fmt(row["metrics"][key])
-    if key in row["proxy_metrics"]:
-        return f"({fmt(row['proxy_metrics'][key])} on {row['proxy_device']})"
-    return "-"
-
-
-def family_table(rows: list[dict], keys: list[str], tablefmt: str = "github") -> str:
-    return tabulate([[r["artifact"] + (" (random-init)" if r["random_init"] else ""), r["recipe"], ", ".join(r["targets"]), f"{r['size_mb']:.1f}",
-                      *[metric_cell(r, k) for k in keys], r["status"], r["gate"]] for r in rows],
-                    headers=["artifact", "recipe", "targets", "size MB", *keys, "validation", "gate"],
-                    tablefmt=tablefmt)
-
-
-def performance_table(rows: list[dict], tablefmt: str = "github") -> str:
-    """One row per artifact and target device (a proxy measurement in parentheses)."""
-    measured = [(r["artifact"], d, res.get("metrics", {})) for r in rows for d, res in r["devices"].items()]
-    measured += [(r["artifact"], f"({r['proxy_device']}, proxy)", r["proxy_metrics"]) for r in rows
-                 if r["proxy_device"]]
-    keys = [k for k in PERFORMANCE if any(k in m for _, _, m in measured)]
-    return tabulate([[name, device, *[fmt(m.get(k), PERFORMANCE[k][1]) for k in keys]]
-                     for name, device, m in measured],
-                    headers=["artifact", "device", *[PERFORMANCE[k][0] for k in keys]], tablefmt=tablefmt,
-                    disable_numparse=True)
-
-
-def pair_section(params: Params, gate: dict) -> str:
-    """Speculative decoding: one row per pair, then each validated pair's sweep and each refusal's diff."""
-    rows, details = [], []
-    for name in params.pairs:
-        path = pair_metrics_path(name)
-        rec = read_json(path) if path.is_file() else {}
-        m = rec.get("metrics", {})
-        rows.append([name, f"{rec.get('main', '-')} on {rec.get('main_device', '-')}",
-                     f"{rec.get('draft', '-')} on {rec.get('draft_device', '-')}", rec.get("status", "missing"),
-                     fmt(m.get("output_match")), fmt(m.get("acceptance_rate"), ".3f"),
-                     fmt(m.get("tpot_ms_main"), ".1f"), fmt(m.get("tpot_ms_speculative"), ".1f"),
-                     fmt(m.get("tpot_speedup"), ".2f"), gate_status(gate, f"pair:{name}")])
-        if rec.get("status") == "refused":
-            details.append(f"**{name}** refused by the tokenizer check:\n\n" +
-                           "\n".join(f"- {p}" for p in rec.get("problems", [])))
-        elif rec.get("sweep"):
-            sweep = tabulate([[s.get("num_assistant_tokens", "-"), s.get("assistant_confidence_threshold", "-"),
-                               fmt(s["output_match"]), fmt(s["acceptance_rate"], ".3f"), fmt(s["tpot_ms"], ".1f"),
-                               fmt(s["tpot_speedup"], ".2f"), fmt(s["throughput_ratio"], ".2f")]
-                              for s in rec["sweep"]],
-                             headers=["num_assistant_tokens", "confidence threshold", "output match", "acceptance",
-                                      "TPOT ms", "TPOT speedup", "throughput ratio"], tablefmt="github")
-            details.append(f"**{name}** sweep (main alone: TPOT {rec['baseline']['tpot_ms']:.1f} ms):\n\n{sweep}")
-    table = tabulate(rows, headers=["pair", "main", "draft", "status", "output match", "acceptance",
-                                    "TPOT main ms", "TPOT with draft ms", "speedup", "gate"], tablefmt="github")
-    return table + "\n\n" + "\n\n".join(details)
-
-
-def by_adapter(metrics: dict) -> dict[str, dict]:
-    """`<metric>@<adapter>` metrics grouped per adapter choice, none first."""
-    choices: dict[str, dict] = {}
-    for name, value in metrics.items():
-        metric, sep, choice = name.partition("@")
-        if sep:
-            choices.setdefault(choice, {})[metric] = value
-    return {c: choices[c] for c in sorted(choices, key=lambda c: (c != "none", c))}
-
-
-def adapter_table(rows: list[dict], tablefmt: str = "github") -> str:
-    """LoRA adapters: one row per artifact and adapter choice (none first)."""
-    lines = [(r["artifact"], choice, m) for r in rows for choice, m in by_adapter(r["metrics"]).items()]
-    if not lines:
-        return ""
-    keys = list(dict.fromkeys(k for _, _, m in lines for k in m))
-    return tabulate([[a, c, *[fmt(m.get(k)) for k in keys]] for a, c, m in lines],
-                    headers=["artifact", "adapter", *keys], tablefmt=tablefmt, disable_numparse=True)
-
-
-ADAPTER_NOTE = ("Adapters are applied at run time (registered when the pipeline is built, chosen per generate "
-                "call; never fused). effect_pct: |change of the metric| vs no adapter; peft_delta_pct: distance to "
-                "the PEFT (fp32 PyTorch) reference at the same alpha.")
-
-
-def contact_sheets(rows: list[dict]) -> dict[str, Path]:
-    """Each artifact's image plot (text-to-image contact sheets), when validation wrote one."""
-    sheets = {r["artifact"]: validation_plot_path(r["model"], r["variant"]) for r in rows}
-    return {name: path for name, path in sheets.items() if path.is_file()}
-
-
-NOTES = ["Values in parentheses were measured on a proxy device because no target device is present; they are "
-         "not a validation on the target.",
-         "Performance: after one warm-up, on fixed inputs (LLM: every prompt generates exactly max_new_tokens; "
-         "Whisper: the first utterances of the first speech set); peak RSS of a fresh process running it.",
+TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                               autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
+NOTES = ["Levels: validated = on the target device; emulated = the target's software path with its compute on "
+         "another device (e.g. openvino-genai's NPU pipeline through NPUW on CPU), never a pass on the device; "
+         "proxy = measured on another device because no target could run it (not gated).",
+         "vs source: against the checkpoint run in PyTorch fp32 on the same inputs; vs <variant>: against that "
+         "variant on the same device (or its primary device, said in the gate note).",
+         "Performance: after one warm-up, on fixed inputs, in a fresh process (peak RSS is that process's).",
          "(random-init): a tiny model built in code because no such weights exist offline; its metrics exercise the "
          "pipeline and say nothing about a real model's accuracy."]
 
 
-def markdown(sections: dict[str, str], gate: dict) -> str:
-    notes = NOTES + [f"Gate mode: {gate['mode']}; counts: {gate['counts']}."]
-    body = "\n\n".join(f"## {title}\n\n{text}" for title, text in sections.items())
-    return "# Artifact report\n\n" + body + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+def optional_json(path: Path) -> dict:
+    return read_json(path) if Path(path).is_file() else {}
 
 
-def plot_points(rows: list[dict], metric: str) -> list[dict]:
+def verdict(gate: dict, release: dict) -> dict:
+    failed = [r for r in gate["rows"] if r["status"] == "fail"]
+    return {"passed": gate["passed"], "mode": gate["mode"], "counts": gate["counts"],
+            "failed": [{**r, "value": fmt(r["value"])} for r in failed],
+            "released": [a for a in release.get("artifacts", []) if a["released"]],
+            "withheld": [a for a in release.get("artifacts", []) if not a["released"]]}
+
+
+def family_section(params: Params, gate: dict, family_name: str) -> dict:
+    family = get_family(family_name)
+    settings = params.settings(family_name)
+    direct = [k for k in family.report_metrics(settings) if k not in family.comparison_metrics]
+    compared = [f"{k} vs {a}" for a in (SOURCE, settings.reference) for k in family.comparison_metrics]
+    rows = []
+    for model in params.models_of(family_name):
+        source = optional_json(reference_path(model))
+        rows.append({"name": f"{model}/{SOURCE}", "recipe": "PyTorch fp32", "targets": "-", "size": "-",
+                     "device": "PyTorch CPU", "level": LEVELS.get(source.get("status"), "missing"),
+                     "cells": [fmt(source.get("metrics", {}).get(k)) for k in direct] + ["-"] * len(compared),
+                     "gate": "reference", "random_init": False})
+        for artifact in (a for a in params.artifacts_of(family_name) if split_artifact(a)[0] == model):
+            rows += artifact_rows(params, gate, artifact, direct, compared)
+    return {"name": family_name, "columns": direct + compared, "rows": rows,
+            "worst": worst_examples(params, gate, family_name)}
+
+
+def artifact_rows(params: Params, gate: dict, artifact: str, direct: list[str], compared: list[str]) -> list[dict]:
+    model, variant = split_artifact(artifact)
+    gated = gate["artifacts"].get(artifact, {})
+    manifest = optional_json(artifact_dir(artifact) / "manifest.json")
+    recipe = params.variants[variant]
+    base = {"recipe": recipe_label(recipe), "targets": ", ".join(recipe.targets),
+            "size": fmt(manifest.get("size_bytes", 0) / 1e6, ".1f"), "gate": gate_status(gate["rows"], artifact),
+            "random_init": isinstance(params.spec(model).source, TinySource)}
+    rows = []
+    for device, d in gated.get("devices", {}).items():
+        values = {**d.get("metrics", {}), **{f"{k} vs {a}": v for a, vs in d.get("vs", {}).items() for k, v in vs.items()}}
+        rows.append({**base, "name": artifact, "device": device, "level": LEVELS.get(d["status"], d["status"]),
+                     "cells": [fmt(values.get(k)) for k in direct + compared]})
+    return rows
+
+
+def worst_examples(params: Params, gate: dict, family_name: str) -> list[dict]:
+    out = []
+    for artifact in params.artifacts_of(family_name):
+        for device, d in gate["artifacts"].get(artifact, {}).get("devices", {}).items():
+            examples = [example_text(x) for x in d.get("worst", {}).get(SOURCE, [])]
+            if examples:
+                out.append({"artifact": artifact, "device": device, "examples": examples[:3]})
+    return out
+
+
+def adapter_rows(params: Params, gate: dict) -> list[dict]:
+    rows = []
+    for artifact in params.build:
+        for device, d in gate["artifacts"].get(artifact, {}).get("devices", {}).items():
+            for choice, m in by_adapter(d.get("metrics", {})).items():
+                rows.append({"artifact": artifact, "device": device, "adapter": choice,
+                             "metrics": {k: fmt(v) for k, v in m.items()}})
+    return rows
+
+
+def performance_rows(params: Params) -> list[dict]:
+    rows = []
+    for artifact in params.build:
+        for device, d in optional_json(performance_path(artifact)).get("devices", {}).items():
+            rows.append({"artifact": artifact, "device": f"{device} ({d['level']})", "hardware": d["hardware"],
+                         "cells": {k: fmt(d["metrics"].get(k), PERFORMANCE[k][1]) for k in PERFORMANCE}})
+    keys = [k for k in PERFORMANCE if any(r["cells"][k] != "-" for r in rows)]
+    return [{**r, "cells": [r["cells"][k] for k in keys]} for r in rows], [PERFORMANCE[k][0] for k in keys]
+
+
+def pair_rows(params: Params, gate: dict) -> list[dict]:
+    rows = []
+    for name in params.speculative_entries():
+        acc, speed = optional_json(pair_metrics_path(name)), optional_json(pair_performance_path(name))
+        m, s = acc.get("metrics", {}), speed.get("metrics", {})
+        rows.append({"name": name, "main": f"{acc.get('main', '-')} on {acc.get('main_device', '-')}",
+                     "draft": f"{acc.get('draft', '-')} on {acc.get('draft_device', '-')}",
+                     "status": acc.get("status", "missing"), "output_match": fmt(m.get("output_match")),
+                     "acceptance": fmt(m.get("acceptance_rate"), ".3f"),
+                     "setting": ", ".join(f"{k}={v}" for k, v in acc.get("best_setting", {}).items()) or "-",
+                     "tpot_main": fmt(speed.get("baseline", {}).get("tpot_ms"), ".1f"),
+                     "speedup": fmt(s.get("tpot_speedup"), ".2f"),
+                     "speed_setting": ", ".join(f"{k}={v}" for k, v in speed.get("best_setting", {}).items()) or "-",
+                     "gate": gate_status(gate["rows"], f"pair:{name}"), "problems": acc.get("problems", []),
+                     "sweep": speed.get("sweep") or acc.get("sweep", [])})
+    return rows
+
+
+def plot_points(params: Params, gate: dict, family_name: str, metric: str, perf: bool) -> list[dict]:
     points = []
-    for r in rows:
-        metrics = r["metrics"] or r["proxy_metrics"]
-        if metric in metrics:
-            points.append({"artifact": r["artifact"], "size_mb": round(r["size_mb"], 2), "metric": metric,
-                           "value": metrics[metric], "measured_on": r["device"] or r["proxy_device"]})
+    for artifact in params.artifacts_of(family_name):
+        manifest = optional_json(artifact_dir(artifact) / "manifest.json")
+        devices = optional_json(performance_path(artifact)).get("devices", {}) if perf else \
+            gate["artifacts"].get(artifact, {}).get("devices", {})
+        for device, d in devices.items():
+            if metric in d.get("metrics", {}) and isinstance(d["metrics"][metric], (int, float)):
+                points.append({"family": family_name, "artifact": artifact, "device": device, "metric": metric,
+                               "size_mb": round(manifest.get("size_bytes", 0) / 1e6, 2),
+                               "value": d["metrics"][metric]})
     return points
 
 
 def plot_png(points: list[dict], title: str) -> str:
-    """A scatter of value vs size, as a base64 PNG for the HTML page."""
+    """A scatter of value vs size, each point labelled model/variant (device), as base64 PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
     for p in points:
         ax.scatter(p["size_mb"], p["value"])
-        ax.annotate(p["artifact"].split("/", 1)[1] if "/" in p["artifact"] else p["artifact"],
-                    (p["size_mb"], p["value"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set(title=title, xlabel="artifact size (MB)", ylabel=points[0]["metric"] if points else "")
+        ax.annotate(f"{p['artifact']} ({p['device']})", (p["size_mb"], p["value"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set(title=title, xlabel="artifact size (MB)", ylabel=points[0]["metric"])
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.tight_layout()
@@ -208,58 +171,76 @@ def plot_png(points: list[dict], title: str) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def figures_html(images: dict[str, str]) -> str:
-    return "".join(f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{png}"><figcaption>'
-                   f"{html.escape(t)}</figcaption></figure>" for t, png in images.items())
+def plots(params: Params, gate: dict) -> list[dict]:
+    figures, data = [], {"accuracy": [], "latency": []}
+    for family_name in params.built_families():
+        family = get_family(family_name)
+        accuracy = family.report_metrics(params.settings(family_name))[0]
+        for kind, metric, perf in (("accuracy", accuracy, False), ("latency", family.latency_metric, True)):
+            points = plot_points(params, gate, family_name, metric, perf)
+            data[kind] += points
+            if points:
+                figures.append({"title": f"{family_name}: {metric} vs size", "png": plot_png(points, f"{family_name}:"
+                                                                                               f" {metric} vs size")})
+    for kind, points in data.items():
+        write_json(PLOTS_DIR / f"{kind}_vs_size.json", points)
+    return figures
 
 
-def html_page(sections: dict[str, str], images: dict[str, str], gate: dict) -> str:
-    figures = figures_html(images)
-    body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections.items())
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in NOTES + [f"Gate mode: {gate['mode']}; "
-                                                                   f"counts: {gate['counts']}."])
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px}figure{display:inline-block;margin:0 1em 1em 0}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Artifact report</title><style>{style}"
-            f"</style></head><body><h1>Artifact report</h1><div>{figures}</div>{body}<ul>{notes}</ul></body></html>")
+def contact_sheets(params: Params, gate: dict) -> list[dict]:
+    """Per artifact with images: the source's contact sheet beside the artifact's (same prompts and seeds)."""
+    sheets = []
+    for artifact in params.build:
+        model = split_artifact(artifact)[0]
+        for device in gate["artifacts"].get(artifact, {}).get("devices", {}):
+            path = device_outputs_dir(artifact, device) / CONTACT_SHEET
+            if path.is_file():
+                source = source_outputs_dir(model) / CONTACT_SHEET
+                sheets.append({"artifact": artifact, "device": device, "png": b64(path),
+                               "source_png": b64(source) if source.is_file() else None,
+                               "path": path.as_posix(), "source_path": source.as_posix()})
+    return sheets
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def stage_times() -> list[dict]:
+    """Wall time per stage of the last runs (the stage wrapper appends them to the timing log)."""
+    path = Path(os.environ.get(TIMINGS_ENV, ".ovbuild/timings.jsonl"))
+    last: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            last[entry["stage"]] = entry
+    rows = sorted(last.values(), key=lambda e: -e["seconds"])
+    return [{**e, "minutes": f"{e['seconds'] / 60:.1f}"} for e in rows]
+
+
+def context(params: Params) -> dict:
+    gate = read_json(GATE_PATH, "gate summary (run `dvc repro gate`)")
+    release = optional_json(RELEASE / "manifest.json")
+    perf, perf_columns = performance_rows(params)
+    return {"verdict": verdict(gate, release), "families": [family_section(params, gate, f)
+                                                             for f in params.built_families()],
+            "adapters": adapter_rows(params, gate), "pairs": pair_rows(params, gate), "performance": perf,
+            "performance_columns": perf_columns, "plots": plots(params, gate),
+            "sheets": contact_sheets(params, gate), "times": stage_times(), "notes": NOTES}
 
 
 def main(argv=None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     setup_logging()
-    params = load_stage_params(args)
-    gate = read_json(GATE_PATH)
-    rows = artifact_rows(params, gate)
-    md, web, images = {}, {}, {}
-    for family_name in params.builds():  # every family writes its plot files, possibly empty, as dvc.yaml declares
-        family = get_family(family_name)
-        keys = family.report_metrics(params)
-        family_rows = [r for r in rows if r["family"] == family_name]
-        for kind, metric in (("accuracy", keys[0] if keys else None), ("latency", family.latency_metric)):
-            points = plot_points(family_rows, metric) if metric else []
-            write_json(PLOTS_DIR / f"{family_name}_{kind}_vs_size.json", points)
-            if points:
-                images[f"{family_name}: {metric} vs size"] = plot_png(points, f"{family_name} {kind} vs size")
-        if family_rows:
-            md[family_name], web[family_name] = family_table(family_rows, keys), family_table(family_rows, keys, "html")
-            md[f"{family_name} performance"] = performance_table(family_rows)
-            web[f"{family_name} performance"] = performance_table(family_rows, "html")
-            if adapters := adapter_table(family_rows):
-                md[f"{family_name} adapters"] = adapters + "\n\n" + ADAPTER_NOTE
-                web[f"{family_name} adapters"] = adapter_table(family_rows, "html") + f"<p>{ADAPTER_NOTE}</p>"
-            if sheets := contact_sheets(family_rows):
-                md[f"{family_name} contact sheets"] = "\n\n".join(
-                    f"![{name}](../{path.as_posix()})" for name, path in sheets.items())
-                web[f"{family_name} contact sheets"] = figures_html(
-                    {name: base64.b64encode(path.read_bytes()).decode() for name, path in sheets.items()})
-    if params.pairs:
-        md["speculative decoding"] = pair_section(params, gate)
-        web["speculative decoding"] = f"<pre>{html.escape(md['speculative decoding'])}</pre>"
-    text = markdown(md, gate)
-    write_text(REPORT_PATH, text)
-    write_text(HTML_PATH, html_page(web, images, gate))
-    print(text)
+    ctx = context(load_stage_params(args, full=True))
+    markdown = TEMPLATES.get_template("report.md.j2").render(**ctx)
+    write_text(SUMMARY_PATH, markdown)
+    write_text(HTML_PATH, TEMPLATES.get_template("report.html.j2").render(**ctx))
+    print(markdown)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

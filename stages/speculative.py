@@ -1,69 +1,107 @@
-"""Stage validate-speculative: run a paired main + draft through openvino_genai.LLMPipeline(draft_model=...) on
-their devices and write metrics/validate/pairs/<pair>.json.
+"""Stage validate-speculative: run a paired main + draft (or prompt lookup) through openvino_genai.LLMPipeline on
+their devices; record what does not depend on the host's speed in metrics/validate/pairs/<pair>.json.
 
-    python -m stages.speculative --pair NAME
+    python -m stages.speculative --pair NAME            (accuracy: output match, acceptance; dvc.yaml)
+    python -m stages.speculative --pair NAME --speed    (TPOT / throughput with and without; perf/dvc.yaml)
 
-Headline metrics come from the first `num_assistant_tokens` setting; the whole sweep is recorded beside them.
-A pair refused by the pair stage is recorded as `refused` (with its diff); a missing device as `not_validated`.
+Headline metrics come from the sweep's best setting (highest acceptance with identical output for the accuracy
+record, fastest for the speed record); the whole sweep is recorded beside them. A pair refused by the pair stage
+is recorded as `refused` (with its diff); a missing device as `not_validated`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from stages.common import METRICS, available_devices, device_present, log, read_json, setup_logging, write_json
-from stages.families.llm import speculative_sweep
-from stages.pair import pairing_dir
+from stages.core.errors import run_stage
+from stages.core.io import read_json, write_json
+from stages.core.paths import artifact_dir, pair_metrics_path, pair_performance_path, pairing_dir
+from stages.core.runtime import available_devices, device_name, device_present, log, setup_logging
+from stages.families.llm import speculative_settings, speculative_sweep
 from stages.params import Params, load_stage_params, stage_parser
 
-HEADLINE = ("output_match", "acceptance_rate", "tpot_speedup", "throughput_ratio")
+ACCURACY = ("output_match", "acceptance_rate", "draft_share", "accepted_tokens", "proposed_tokens", "mismatches")
+SPEED = ("tpot_ms", "throughput_tok_s", "generated_tokens", "tpot_speedup", "throughput_ratio")
 
 
-class SpeculativeError(SystemExit):
-    pass
+def prompts_for(params: Params, name: str) -> list[str]:
+    from stages.core.io import read_lines
+
+    s, pair = params.validate_.speculative, params.speculative_entries()[name]
+    if pair.prompts:
+        return read_lines(s.prompt_sets[pair.prompts], f"validate.speculative.prompt_sets.{pair.prompts}", "prompt")
+    return s.prompts
 
 
-def pair_metrics_path(pair: str) -> Path:
-    return METRICS / "validate" / "pairs" / f"{pair}.json"
+def headline(sweep: list[dict], speed: bool) -> dict:
+    """The best setting: fastest (speed) or most accepted with identical output (accuracy)."""
+    matching = [s for s in sweep if s["output_match"] == 1.0] or sweep
+    key = (lambda s: s["tpot_speedup"]) if speed else (lambda s: s["acceptance_rate"] or 0.0)
+    return max(matching, key=key)
 
 
-def validate_pair(params: Params, name: str) -> dict:
-    path = pairing_dir(name) / "pairing.json"
-    if not path.is_file():
-        raise SpeculativeError(f"{path}: pair '{name}' not checked; run `dvc repro pair@{name}`")
-    pairing = read_json(path)
+def setting_of(entry: dict) -> dict:
+    return {k: entry[k] for k in ("num_assistant_tokens", "assistant_confidence_threshold", "max_ngram_size")
+            if k in entry}
+
+
+def lookup_pairing(params: Params, name: str) -> dict:
+    """Prompt lookup as a pair whose "draft" is the prompt itself (no draft model, nothing to pair-check)."""
+    entry = params.prompt_lookup[name]
+    device = entry.main_device or params.variants[entry.main.split("/")[1]].target
+    model, variant = entry.main.split("/")
+    return {"status": "paired", "expect": "compatible",
+            "main": {"model": model, "variant": variant, "path": artifact_dir(entry.main).as_posix(), "device": device},
+            "draft": {"model": "prompt-lookup", "variant": "-", "path": None, "device": device}}
+
+
+def validate_pair(params: Params, name: str, speed: bool = False) -> dict:
+    pairing = lookup_pairing(params, name) if name in params.prompt_lookup else \
+        read_json(pairing_dir(name) / "pairing.json", f"pairing (run `dvc repro pair@{name}`)")
     main, draft = pairing["main"], pairing["draft"]
-    record = {"pair": name, "main": f"{main['model']}/{main['variant']}", "draft": f"{draft['model']}/{draft['variant']}",
+    record = {"pair": name, "main": f"{main['model']}/{main['variant']}",
+              "draft": "prompt-lookup" if draft["path"] is None else f"{draft['model']}/{draft['variant']}",
               "main_device": main["device"], "draft_device": draft["device"], "expect": pairing["expect"],
               "metrics": {}}
-    missing = [d for d in {main["device"], draft["device"]} if not device_present(d)]
+    missing = [d for d in dict.fromkeys((main["device"], draft["device"])) if not device_present(d)]
     if pairing["status"] == "refused":
         record |= {"status": "refused", "reason": "tokenizer check refused the draft",
                    "problems": pairing["tokenizer_check"]["problems"]}
     elif missing:
-        record |= {"status": "not_validated", "reason": f"device {', '.join(missing)} not present on this machine "
+        record |= {"status": "not_validated", "reason": f"device {', '.join(missing)} not present on this host "
                                                         f"(available: {', '.join(available_devices())})"}
     else:
-        s = params.validate_settings.speculative
-        precision = params.validate_settings.inference_precision
-        run = speculative_sweep(Path(main["path"]), Path(draft["path"]), main["device"], draft["device"], precision,
-                                s.prompts, s.max_new_tokens, s.num_assistant_tokens,
-                                s.assistant_confidence_thresholds)
-        headline = run["sweep"][0]
-        record |= {"status": "validated", "inference_precision": precision,
-                   "metrics": {**{k: headline[k] for k in HEADLINE},
-                               "tpot_ms_main": run["baseline"]["tpot_ms"], "tpot_ms_speculative": headline["tpot_ms"],
-                               "num_assistant_tokens": headline["num_assistant_tokens"]},
-                   "baseline": run["baseline"], "sweep": run["sweep"]}
-    write_json(pair_metrics_path(name), record)
+        record |= run_sweep(params, name, main, draft, speed)
+    write_json((pair_performance_path if speed else pair_metrics_path)(name), record)
     log.info("pair %s: %s %s", name, record["status"], record["metrics"] or record.get("reason", ""))
     return record
 
 
+def run_sweep(params: Params, name: str, main: dict, draft: dict, speed: bool) -> dict:
+    s, precision = params.validate_.speculative, params.validate_.inference_precision
+    lookup = draft["path"] is None
+    settings = speculative_settings(s.num_assistant_tokens, s.assistant_confidence_thresholds,
+                                    s.max_ngram_size if lookup else None)
+    run = speculative_sweep(Path(main["path"]), None if lookup else Path(draft["path"]), main["device"],
+                            draft["device"], {"INFERENCE_PRECISION_HINT": precision}, prompts_for(params, name),
+                            s.max_new_tokens, settings)
+    keep = SPEED if speed else ACCURACY
+    sweep = [{**setting_of(e), **{k: e[k] for k in keep}} for e in run["sweep"]]
+    best = headline(run["sweep"], speed)
+    metrics = {k: best[k] for k in keep if k != "mismatches"}
+    extra = {"baseline": run["baseline"], "device_names": {d: device_name(d) for d in
+                                                           dict.fromkeys((main["device"], draft["device"]))}} \
+        if speed else {}
+    return {"status": "validated", "inference_precision": precision, "best_setting": setting_of(best),
+            "metrics": metrics, "sweep": sweep, "prompts": len(prompts_for(params, name)), **extra}
+
+
 def main(argv=None) -> None:
-    args = stage_parser(__doc__, pair=True).parse_args(argv)
+    ap = stage_parser(__doc__, pair=True)
+    ap.add_argument("--speed", action="store_true", help="measure TPOT / throughput (perf/dvc.yaml)")
+    args = ap.parse_args(argv)
     setup_logging()
-    validate_pair(load_stage_params(args), args.pair)
+    validate_pair(load_stage_params(args, full=True), args.pair, args.speed)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -1,163 +1,142 @@
-"""Stage validate: run one artifact through OpenVINO / openvino-genai on its target device and record metrics.
+"""Stage validate: run one artifact through openvino-genai on each of its target devices and record accuracy.
 
-    python -m stages.validate --model NAME --variant NAME          (pipeline stage)
-    python -m stages.validate --artifact DIR --device CPU --text FILE   (ad hoc: perplexity of any LLM IR, JSON out)
+    python -m stages.validate --artifact MODEL/VARIANT               (pipeline stage)
+    python -m stages.validate --ir DIR --device CPU --text FILE      (ad hoc: perplexity of any LLM IR, JSON out)
+
+Per target device, one of three levels: `validated` (the device is here), `emulated` (the target's own software
+path with its compute on another device, e.g. openvino-genai's NPU pipeline through NPUW on CPU: never a pass on
+the real device), `not_validated` (with the reason). With `validate.proxy_device` set and no target run at all,
+the artifact is also measured there and labelled as a proxy. Outputs (generations, hypotheses, images) are saved
+per device in outputs/<model>/<variant>/<device>/. Timings are not measured here: perf/dvc.yaml does that.
 """
 from __future__ import annotations
 
 import json
-import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Optional
 
-from stages.common import (RUNTIME_PACKAGES, adapter_dir, artifact_dir, atomic_dir, available_devices, device_names,
-                           device_present, log, read_json, setup_logging, software_versions, validation_metrics_path,
-                           validation_outputs_dir, validation_plot_path, write_bytes, write_json)
+from stages.core.devices import emulation, run_level
+from stages.core.errors import BuildError, run_stage
+from stages.core.io import atomic_dir, read_json, write_json
+from stages.core.paths import artifact_dir, device_folder, outputs_dir, plan_path, split_artifact, validation_path
+from stages.core.recipe import read_model
+from stages.core.runtime import RUNTIME_PACKAGES, available_devices, device_present, log, setup_logging, \
+    software_versions
 from stages.families import get_family
-from stages.families.base import AdapterRun, Validation
+from stages.families.base import RunContext, Validation
 from stages.params import Params, load_params, load_stage_params, stage_parser
+from stages.runner import adapter_runs, make_context, write_outputs
+
+PROXY = "proxy"
 
 
-class ValidateError(SystemExit):
-    pass
+def check_artifact(artifact: str, family) -> dict:
+    """The exported folder must be complete: its manifest and every compressed IR readable."""
+    folder = artifact_dir(artifact)
+    manifest = read_json(folder / "manifest.json", f"export manifest (run `dvc repro export@{artifact}`)")
+    for xml in family.compressed_irs(folder):
+        if not xml.with_suffix(".bin").is_file():
+            raise BuildError(f"{xml.with_suffix('.bin')}: IR weights missing (re-run `dvc repro export@{artifact}`)")
+        read_model(xml)
+    return manifest
 
 
-def _performance_child(family_name: str, artifact: str, device: str, params: Params, precision: str) -> dict:
-    import resource
-
-    result = get_family(family_name).performance(Path(artifact), device, params, precision)
-    return {**result, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def performance(family_name: str, artifact: Path, device: str, params: Params, precision: str) -> dict:
-    """The family's fixed, warmed-up workload in a fresh process, so the peak RSS is this artifact's alone
-    (the process's whole footprint: runtime, compiled model and the pipeline's buffers)."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_performance_child, family_name, str(artifact), device, params, precision).result()
+def run_on(family, artifact: str, device: str, level: str, ctx: RunContext) -> tuple[dict, Validation]:
+    log.info("%s on %s (%s)", artifact, device, level)
+    run = family.validate(artifact_dir(artifact), device, ctx)
+    return {"status": level, "metrics": run.metrics, "info": run.info}, run
 
 
-def measure(family, artifact: Path, device: str, params: Params, precision: str,
-            adapters: list[AdapterRun]) -> tuple[dict, Validation]:
-    """Accuracy (and performance, when enabled) of one artifact on one device: (device result, what it saved)."""
-    result = family.validate(artifact, device, params, precision, adapters)
-    metrics = dict(result.metrics)
-    if params.validate_settings.performance:
-        metrics |= performance(family.name, artifact, device, params, precision)
-    return {"status": "validated", "metrics": metrics, "info": result.info}, result
-
-
-def adapter_runs(params: Params, model: str) -> list[AdapterRun]:
-    """The model's LoRA adapters as the adapter stage prepared them."""
-    runs = []
-    for name in params.adapters_for(model):
-        manifest_path = adapter_dir(name) / "manifest.json"
-        if not manifest_path.is_file():
-            raise ValidateError(f"{manifest_path}: adapter '{name}' not prepared; run `dvc repro adapter@{name}`")
-        manifest = read_json(manifest_path)
-        runs.append(AdapterRun(name, adapter_dir(name) / manifest["file"], manifest["alpha"],
-                               manifest.get("reference", {})))
-    return runs
-
-
-def save_outputs(model: str, variant: str, saved: Validation | None) -> None:
-    """outputs.json and any files (images) replace the artifact's outputs folder as a whole."""
-    with atomic_dir(validation_outputs_dir(model, variant)) as tmp:
-        write_json(tmp / "outputs.json", saved.outputs if saved else {})
-        for rel, data in (saved.files if saved else {}).items():
-            write_bytes(tmp / rel, data)
-    if saved and saved.plot_image:
-        write_bytes(validation_plot_path(model, variant), saved.plot_image)
-
-
-def absent(device: str) -> dict:
-    return {"status": "not_validated",
-            "reason": f"device {device} is not present on this host (available: "
-                      f"{', '.join(available_devices()) or 'none'})"}
-
-
-def validate(params: Params, model: str, variant_name: str) -> dict:
-    """Validate on every target device present; record per-device results, the first validated one as primary."""
-    spec, variant = params.spec(model), params.variants[variant_name]
-    family = get_family(spec.family)
-    artifact = artifact_dir(model, variant_name)
-    if not (artifact / "manifest.json").is_file():
-        raise ValidateError(f"{artifact}: no exported artifact; run `dvc repro export-{spec.family}`")
-    settings = params.validate_settings
-    precision = settings.inference_precision
-    manifest = read_json(artifact / "manifest.json")
-    names = device_names()
+def validate(params: Params, artifact: str) -> dict:
+    model, variant_name = split_artifact(artifact)
+    family = get_family(params.family_of(model))
+    variant, common = params.variants[variant_name], params.validate_
+    read_json(plan_path("validate", artifact), "plan file (run `dvc repro plan`)")
+    manifest = check_artifact(artifact, family)
     adapters = adapter_runs(params, model)
-    devices, saved = {}, None
+    devices, runs = {}, {}
     for device in variant.targets:
-        if device not in names:
-            devices[device] = absent(device)
-            log.warning("%s/%s not validated on %s: %s", model, variant_name, device, devices[device]["reason"])
+        level, run_device, options, reason = run_level(device, common.emulate)
+        if level == "not_validated":
+            devices[device] = {"status": level, "reason": reason}
+            log.warning("%s not validated on %s: %s", artifact, device, reason)
             continue
-        devices[device], device_saved = measure(family, artifact, device, params, precision, adapters)
-        devices[device]["device_name"] = names[device]
-        saved = saved or device_saved
-    validated = [d for d in variant.targets if devices[d]["status"] == "validated"]
-    record = {"model": model, "variant": variant_name, "family": spec.family, "targets": variant.targets,
-              "inference_precision": precision, "software": software_versions(RUNTIME_PACKAGES),
-              "size_bytes": manifest["size_bytes"],
-              "weight_bitwidths": manifest["weight_bitwidths"],
-              "status": "not_validated" if not validated else
-              "validated" if len(validated) == len(variant.targets) else "partial",
-              "device": validated[0] if validated else None,
-              "metrics": devices[validated[0]]["metrics"] if validated else {},
-              "devices": devices}
-    if not validated:
-        record["reason"] = "; ".join(f"{d}: {r['reason']}" for d, r in devices.items())
-        proxy = settings.proxy_device
-        if proxy and proxy not in variant.targets and proxy in names:
-            run, saved = measure(family, artifact, proxy, params, precision, adapters)
-            record["proxy"] = {"device": proxy, "device_name": names[proxy], "metrics": run["metrics"],
-                               "info": run["info"], "note": f"measured on {proxy}, not on a target device"}
-    save_outputs(model, variant_name, saved)
-    write_json(validation_metrics_path(model, variant_name), record)
-    log.info("%s/%s: %s %s", model, variant_name, record["status"], record["metrics"] or record.get("proxy", {}))
+        ctx = make_context(params, family, model, adapters=adapters,
+                           device_config=family.device_options(run_device, variant, options))
+        ctx.compile_options = options if level == "emulated" else None
+        devices[device], runs[device] = run_on(family, artifact, run_device, level, ctx)
+        if level == "emulated":
+            devices[device]["emulation"] = emulation(device)
+    ran = [d for d in variant.targets if devices[d]["status"] in ("validated", "emulated")]
+    record = {"artifact": artifact, "model": model, "variant": variant_name, "family": family.name,
+              "targets": variant.targets, "inference_precision": common.inference_precision,
+              "software": software_versions(RUNTIME_PACKAGES), "size_bytes": manifest["size_bytes"],
+              "weight_bitwidths": manifest["weight_bitwidths"], "status": artifact_status(devices),
+              "device": ran[0] if ran else None, "devices": devices}
+    proxy = common.proxy_device
+    if not ran and proxy and proxy not in variant.targets and device_present(proxy):
+        ctx = make_context(params, family, model, adapters=adapters)
+        result, runs[PROXY] = run_on(family, artifact, proxy, "proxy", ctx)
+        record["proxy"] = {**result, "device": proxy, "note": f"measured on {proxy}, not on a target device"}
+    with atomic_dir(outputs_dir(artifact)) as tmp:
+        for device, run in runs.items():
+            (tmp / device_folder(device)).mkdir()
+            write_outputs(tmp / device_folder(device), run)
+    write_json(validation_path(artifact), record)
+    log.info("%s: %s %s", artifact, record["status"],
+             {d: r.get("metrics") for d, r in devices.items() if "metrics" in r} or record.get("proxy", {}))
     return record
 
 
-def adhoc(artifact: Path, device: str, text_file: Path, params_path: str) -> dict:
+def artifact_status(devices: dict) -> str:
+    levels = [r["status"] for r in devices.values()]
+    if all(s == "validated" for s in levels):
+        return "validated"
+    if "validated" in levels:
+        return "partial"
+    return "emulated" if "emulated" in levels else "not_validated"
+
+
+def adhoc(ir: Path, device: str, text_file: Path, params_path: str) -> dict:
     """Score any LLM IR on any text file; context settings come from params.yaml when it is there."""
     from stages.families.llm import perplexity
 
-    if not (artifact / "openvino_model.xml").is_file():
-        raise ValidateError(f"--artifact: {artifact} has no openvino_model.xml")
+    if not (ir / "openvino_model.xml").is_file():
+        raise BuildError(f"--ir: {ir} has no openvino_model.xml")
     if not text_file.is_file():
-        raise ValidateError(f"--text: {text_file} not found")
+        raise BuildError(f"--text: {text_file} not found")
     if not device_present(device):
-        return {"artifact": str(artifact), "device": device, "status": "not_validated",
+        return {"artifact": str(ir), "device": device, "status": "not_validated",
                 "reason": f"device {device} not present (available: {', '.join(available_devices())})"}
-    context, max_tokens, precision = 512, 2048, "f32"
+    context_length, max_tokens, precision = 512, 2048, "f32"
     if Path(params_path).is_file():
         p = load_params(params_path)
-        context, max_tokens = p.validate_settings.llm.context_length, p.validate_settings.llm.max_tokens
-        precision = p.validate_settings.inference_precision
-    ppl = perplexity(artifact, text_file.read_text(), device, precision, context, max_tokens)
-    return {"artifact": str(artifact), "device": device, "status": "validated", "inference_precision": precision,
+        if p.settings("llm") is not None:
+            context_length, max_tokens = p.settings("llm").context_length, p.settings("llm").max_tokens
+        precision = p.validate_.inference_precision
+    ppl = perplexity(ir, text_file.read_text(), device, precision, context_length, max_tokens)
+    return {"artifact": str(ir), "device": device, "status": "validated", "inference_precision": precision,
             "metrics": ppl}
 
 
 def main(argv=None) -> None:
-    ap = stage_parser(__doc__, model="optional", variant="optional")
-    ap.add_argument("--artifact", type=Path)
+    ap = stage_parser(__doc__, artifact="optional")
+    ap.add_argument("--ir", type=Path, help="ad hoc: an LLM IR folder to score")
     ap.add_argument("--device", default="CPU")
     ap.add_argument("--text", type=Path)
     args = ap.parse_args(argv)
     setup_logging()
-    if args.artifact:
+    if args.ir:
         if not args.text:
-            raise ValidateError("--text: required with --artifact")
-        json.dump(adhoc(args.artifact, args.device, args.text, args.params), sys.stdout, indent=2)
+            raise BuildError("--text: required with --ir")
+        json.dump(adhoc(args.ir, args.device, args.text, args.params), sys.stdout, indent=2)
         print()
         return
-    if not (args.model and args.variant):
-        raise ValidateError("give --model and --variant (pipeline) or --artifact and --text (ad hoc)")
-    validate(load_stage_params(args), args.model, args.variant)
+    if not args.artifact:
+        raise BuildError("give --artifact MODEL/VARIANT (pipeline) or --ir DIR --text FILE (ad hoc)")
+    validate(load_stage_params(args, full=True), args.artifact)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -19,7 +19,7 @@ EVAL_TEXT = ("The committee met on Tuesday to discuss the budget. After a long d
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from stages.tiny import tiny_llm
+    from stages.core.tiny import tiny_llm
 
     return tiny_llm(tmp_path_factory.mktemp("tiny") / "tiny-llm")
 
@@ -33,24 +33,23 @@ def tiny_params(checkpoint: Path, text_file: Path) -> dict:
             "int4": {"weight_format": "int4", "group_size": 32, "sym": False, "ratio": 1.0},
             "int4-npu": {"weight_format": "int4", "target": "NPU", "group_size": -1, "sym": True},
         },
+        "build": ["tiny/fp16", "tiny/int8", "tiny/int4", "tiny/int4-npu"],
         "eval_sets": {"text": {"path": str(text_file), "max_chars": 2000}},
         "calibration": {},
         "speech_sets": {},
-        "llm": {"models": ["tiny"], "variants": ["fp16", "int8", "int4", "int4-npu"], "reference": "fp16"},
-        "whisper": {"models": [], "variants": ["fp16"], "reference": "fp16"},
-        "text2image": {"models": [], "variants": []},
-        "vlm": {"models": [], "variants": []},
         "adapters": {},
         "derived_drafts": {},
-        "drafts": {"models": [], "variants": []},
+        "drafts": [],
         "pairs": {},
-        # performance runs in its own process per artifact: only the tests about it turn it on
-        "validate": {"inference_precision": "f32", "proxy_device": "CPU", "performance": False,
-                     "llm": {"eval_set": "text", "context_length": 64, "max_tokens": 256, "max_new_tokens": 8,
-                             "prompts": ["Paris is", "def main():"]},
-                     "whisper": {"speech_sets": []}},
+        "prompt_lookup": {},
+        # performance runs in perf/dvc.yaml; only the tests about it run that pipeline
+        "validate": {"inference_precision": "f32", "proxy_device": "CPU", "performance": False, "emulate": [],
+                     "llm": {"reference": "fp16", "eval_set": "text", "context_length": 64, "max_tokens": 256,
+                             "max_new_tokens": 8, "prompts": ["Paris is", "def main():"]}},
         "gate": {"mode": "dev", "rules": [
             {"family": "llm", "metric": "perplexity", "max": 1e9},
+            {"family": "llm", "metric": "perplexity", "against": "source", "variants": ["fp16"],
+             "max_increase_pct": 1},
             {"family": "llm", "metric": "perplexity", "variants": ["int8"], "max_increase_pct": 50},
         ]},
     }
@@ -59,10 +58,14 @@ def tiny_params(checkpoint: Path, text_file: Path) -> dict:
 def scaffold(root: Path, params: dict) -> Path:
     """A throw-away copy of the pipeline (dvc.yaml + stages/) with these params, as a git + DVC repo."""
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "perf").mkdir(exist_ok=True)
+    shutil.copy(REPO / "perf" / "dvc.yaml", root / "perf" / "dvc.yaml")
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "prompts", root / "prompts")
-    (root / "models" / "adapters").mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "models" / "adapters" / "README.md", root / "models" / "adapters" / "README.md")
+    for keep in ("models/adapters/README.md", "data/sources/README.md"):
+        (root / keep).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / keep, root / keep)
     write_params(root, params)
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"],
                 [sys.executable, "-m", "dvc", "init", "-q"]):

@@ -1,70 +1,141 @@
-"""Causal LMs: perplexity from the stateful IR's logits, greedy generations through openvino_genai.LLMPipeline."""
+"""Causal LMs: perplexity from the stateful IR (the log-probability of each target token computed inside the
+OpenVINO graph), greedy generations through openvino_genai.LLMPipeline; the source checkpoint in transformers fp32
+on the same token windows and prompts."""
 from __future__ import annotations
 
 import functools
 import operator
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
-from scipy.special import logsumexp
+from pydantic import Field
 from tqdm import tqdm
 
-from stages.families.base import AdapterRun, Family, Validation
-from stages.params import LLMValidation, Params
+from stages.core import metrics as m
+from stages.core.errors import BuildError
+from stages.core.io import read_json
+from stages.core.paths import eval_text_path
+from stages.core.schema import Strict
+from stages.core.textdata import eval_text
+from stages.families import register
+from stages.families.base import AdapterRun, Comparison, Family, RunContext, Validation, register_adapters, worst
 
 
-def token_ids(artifact: Path, text: str) -> np.ndarray:
-    """Tokenize with the artifact's own OpenVINO tokenizer IR: the one deployments use."""
+class LLMSettings(Strict):
+    reference: str = "fp16"  # the variant others are compared with (besides the source checkpoint)
+    eval_set: str
+    context_length: int = Field(default=512, gt=1)
+    max_tokens: int = Field(default=2048, gt=1)
+    prompts: list[str] = Field(min_length=1)
+    max_new_tokens: int = Field(default=32, gt=0)
+
+
+# ---------------------------------------------------------------- token windows
+def hf_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def eval_windows(folder: Path, text: str, context_length: int, max_tokens: int) -> list[np.ndarray]:
+    """Non-overlapping windows of the text's tokens, by the HF tokenizer in `folder` (the source's tokenizer: the
+    artifact and the PyTorch reference score the same windows)."""
+    ids = np.asarray(hf_tokenizer(folder)(text, add_special_tokens=False)["input_ids"][:max_tokens], dtype=np.int64)
+    windows = [ids[i:i + context_length] for i in range(0, len(ids), context_length)]
+    windows = [w for w in windows if len(w) > 1]
+    if not windows:
+        raise BuildError("eval text is shorter than two tokens")
+    return windows
+
+
+def ir_token_ids(artifact: Path, text: str) -> list[int]:
+    """The text through the artifact's OpenVINO tokenizer IR (what deployments run)."""
     import openvino_genai as ov_genai
 
-    tok = ov_genai.Tokenizer(str(artifact))
-    return np.asarray(tok.encode(text, add_special_tokens=False).input_ids.data, dtype=np.int64)[0]
+    return [int(i) for i in ov_genai.Tokenizer(str(artifact)).encode(text, add_special_tokens=False)
+            .input_ids.data[0]]
 
 
-def window_nll(request, window: np.ndarray) -> tuple[float, int]:
-    """Sum of next-token negative log-likelihoods over one window, in a single forward pass."""
-    request.reset_state()
-    n = len(window)
-    inputs = {"input_ids": window[None, :], "attention_mask": np.ones((1, n), dtype=np.int64),
-              "position_ids": np.arange(n, dtype=np.int64)[None, :], "beam_idx": np.zeros(1, dtype=np.int32)}
-    logits = request.infer(inputs)["logits"][0, :-1]
-    nll = logsumexp(logits, axis=-1) - logits[np.arange(n - 1), window[1:]]
-    return float(nll.astype(np.float64).sum()), n - 1
+# ---------------------------------------------------------------- scoring in the graph
+def scoring_model(model_xml: Path):
+    """The stateful LLM IR with its logits output replaced by log p(label) per position: a `labels` input
+    [batch, seq] and an output [batch, seq]. OpenVINO computes log-softmax + gather itself, so T numbers leave
+    the graph instead of T x V logits (the slow part of scoring on CPU)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    model = ov.Core().read_model(model_xml)
+    result = next(r for r in model.get_results() if "logits" in r.output(0).get_names())
+    logits = result.input_value(0)
+    labels = ops.parameter([-1, -1], ov.Type.i64, name="labels")
+    labels.output(0).set_names({"labels"})
+    logp = ops.log_softmax(ops.convert(logits, ov.Type.f32), -1)
+    picked = ops.squeeze(ops.gather_elements(logp, ops.unsqueeze(labels, -1), -1), ops.constant([-1]))
+    picked.output(0).set_names({"token_logprobs"})
+    result.input(0).replace_source_output(picked.output(0))
+    model.add_parameters([labels])
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def score_windows(artifact: Path, windows: list[np.ndarray], device: str, ctx: RunContext) -> list[float]:
+    """Negative log-likelihood of each window's next tokens, one forward pass per window."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(scoring_model(artifact / "openvino_model.xml"), device, ctx.compile_config())
+    request = compiled.create_infer_request()
+    names = {i.get_any_name() for i in compiled.inputs}
+    nlls = []
+    for w in tqdm(windows, desc=f"perplexity {artifact.name} on {device}", unit="window"):
+        request.reset_state()
+        n = len(w)
+        inputs = {"input_ids": w[None, :], "attention_mask": np.ones((1, n), dtype=np.int64),
+                  "position_ids": np.arange(n, dtype=np.int64)[None, :], "beam_idx": np.zeros(1, dtype=np.int32),
+                  "labels": np.concatenate([w[1:], [0]])[None, :]}
+        logp = request.infer({k: v for k, v in inputs.items() if k in names})[compiled.outputs[0]][0, :-1]
+        nlls.append(float(-np.asarray(logp, dtype=np.float64).sum()))
+    return nlls
+
+
+def window_records(folder: Path, windows: list[np.ndarray], nlls: list[float]) -> list[dict]:
+    tok = hf_tokenizer(folder)
+    return [{"index": i, "tokens": len(w) - 1, "nll": nll, "text": tok.decode(w[:24]).strip()[:100]}
+            for i, (w, nll) in enumerate(zip(windows, nlls))]
+
+
+def perplexity_metrics(windows: list[np.ndarray], nlls: list[float]) -> dict[str, float]:
+    count = sum(len(w) - 1 for w in windows)
+    return {"perplexity": m.perplexity(sum(nlls), count), "eval_tokens": float(count)}
 
 
 def perplexity(artifact: Path, text: str, device: str, precision: str, context_length: int,
                max_tokens: int) -> dict:
-    import openvino as ov
-
-    ids = token_ids(artifact, text)[:max_tokens]
-    if len(ids) < 2:
-        raise ValueError("eval text is shorter than two tokens")
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(artifact / "openvino_model.xml"), device,
-                                  {"INFERENCE_PRECISION_HINT": precision})
-    request = compiled.create_infer_request()
-    total, count = 0.0, 0
-    windows = [ids[i:i + context_length] for i in range(0, len(ids), context_length)]
-    for w in tqdm([w for w in windows if len(w) > 1], desc=f"perplexity {artifact.name}", unit="window"):
-        nll, n = window_nll(request, w)
-        total += nll
-        count += n
-    return {"perplexity": float(np.exp(total / count)), "eval_tokens": int(count)}
+    """Perplexity of any LLM IR on any text (the ad hoc CLI)."""
+    windows = eval_windows(artifact, text, context_length, max_tokens)
+    return perplexity_metrics(windows, score_windows(artifact, windows, device, RunContext(None, precision)))
 
 
-def generate(artifact: Path, prompts: list[str], device: str, precision: str, max_new_tokens: int,
-             adapters: list[AdapterRun] = ()) -> dict[str, list[dict]]:
-    """Greedy replies (stopping at EOS), compared across variants: {"none": [...], <adapter>: [...]}. Every
-    adapter is registered when the pipeline is built and chosen per generate() call (never fused)."""
+# ---------------------------------------------------------------- generation
+def greedy(max_new_tokens: int, **extra):
     import openvino_genai as ov_genai
 
-    registered = {"adapters": ov_genai.AdapterConfig([a.adapter() for a in adapters])} if adapters else {}
-    pipe = ov_genai.LLMPipeline(str(artifact), device, INFERENCE_PRECISION_HINT=precision, **registered)
+    return ov_genai.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, **extra)
+
+
+def generate(artifact: Path, prompts: list[str], device: str, ctx: RunContext, max_new_tokens: int,
+             adapters: list[AdapterRun] = ()) -> dict[str, list[dict]]:
+    """Greedy replies (stopping at EOS), compared across runs: {"none": [...], <adapter>: [...]}. Every adapter is
+    registered when the pipeline is built and chosen per generate() call (never fused)."""
+    import openvino_genai as ov_genai
+
+    pipe = ov_genai.LLMPipeline(str(artifact), device, **ctx.pipeline_config(), **register_adapters(adapters))
     choices = [("none", ov_genai.AdapterConfig() if adapters else None)] + [(a.name, a.config()) for a in adapters]
     replies = {}
     for label, adapter_config in choices:
-        config = ov_genai.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False)
+        config = greedy(max_new_tokens)
         if adapter_config is not None:
             config.adapters = adapter_config
         replies[label] = [{"prompt": p, "output": pipe.generate([p], config).texts[0]}
@@ -72,50 +143,42 @@ def generate(artifact: Path, prompts: list[str], device: str, precision: str, ma
     return replies
 
 
-def adapter_pipeline(artifact: Path, device: str, precision: str, adapters: list[AdapterRun]):
+# ---------------------------------------------------------------- LoRA adapters
+def adapter_pipeline(artifact: Path, device: str, ctx: RunContext, adapters: list[AdapterRun]):
     """openvino_genai's continuous-batching pipeline with every adapter registered: the genai pipeline that
     returns prompt log-probabilities (echo=True, logprobs=1)."""
     import openvino_genai as ov_genai
 
-    return ov_genai.ContinuousBatchingPipeline(
-        str(artifact), ov_genai.SchedulerConfig(), device,
-        {"adapters": ov_genai.AdapterConfig([a.adapter() for a in adapters]), "INFERENCE_PRECISION_HINT": precision})
+    return ov_genai.ContinuousBatchingPipeline(str(artifact), ov_genai.SchedulerConfig(), device,
+                                               {**register_adapters(adapters), **ctx.pipeline_config()})
 
 
 def pipeline_perplexity(pipe, windows: list[np.ndarray], adapter_config, label: str = "") -> float:
     """Perplexity over token windows with one adapter choice (AdapterConfig() = none, or a blend)."""
     import openvino as ov
-    import openvino_genai as ov_genai
 
     # a new adapter choice takes effect from the request after the one that sets it: prime with one token
-    prime = ov_genai.GenerationConfig(max_new_tokens=1)
+    prime = greedy(1)
     prime.adapters = adapter_config
     pipe.generate([ov.Tensor(windows[0][None, :1])], [prime])
     total, count = 0.0, 0
     for window in tqdm(windows, desc=f"perplexity ({label})", unit="window"):
-        config = ov_genai.GenerationConfig(max_new_tokens=1, echo=True, logprobs=1)
+        config = greedy(1, echo=True, logprobs=1)
         config.adapters = adapter_config
         handle = pipe.add_request(0, ov.Tensor(window[None, :]), config)
         while pipe.has_non_finished_requests():
             pipe.step()
         logprobs = np.asarray(handle.read_all()[0].generated_log_probs[1:len(window)], dtype=np.float64)
         total, count = total - logprobs.sum(), count + len(window) - 1
-    return float(np.exp(total / count))
+    return m.perplexity(total, count)
 
 
-def eval_windows(artifact: Path, text: str, context_length: int, max_tokens: int) -> list[np.ndarray]:
-    ids = token_ids(artifact, text)[:max_tokens]
-    return [w for w in (ids[i:i + context_length] for i in range(0, len(ids), context_length)) if len(w) > 1]
-
-
-def adapter_perplexities(artifact: Path, text: str, device: str, precision: str, context_length: int,
-                         max_tokens: int, adapters: list[AdapterRun]) -> dict[str, float]:
-    """Perplexity with no adapter and with each one, switched per request, over the windows `perplexity` uses."""
+def adapter_perplexities(artifact: Path, windows: list[np.ndarray], device: str, ctx: RunContext) -> dict[str, float]:
+    """Perplexity with no adapter and with each one, switched per request, over the windows validation scores."""
     import openvino_genai as ov_genai
 
-    windows = eval_windows(artifact, text, context_length, max_tokens)
-    pipe = adapter_pipeline(artifact, device, precision, adapters)
-    choices = [("none", ov_genai.AdapterConfig())] + [(a.name, a.config()) for a in adapters]
+    pipe = adapter_pipeline(artifact, device, ctx, ctx.adapters)
+    choices = [("none", ov_genai.AdapterConfig())] + [(a.name, a.config()) for a in ctx.adapters]
     return {label: pipeline_perplexity(pipe, windows, config, label) for label, config in choices}
 
 
@@ -128,37 +191,86 @@ def adapter_metrics(perplexities: dict[str, float], replies: dict[str, list[dict
     for a in adapters:
         ppl = perplexities[a.name]
         metrics |= {f"perplexity@{a.name}": ppl, f"effect_pct@{a.name}": abs(ppl / base - 1) * 100,
-                    f"changed_replies@{a.name}": float(np.mean([x["output"] != y["output"] for x, y in
-                                                                zip(replies["none"], replies[a.name])]))}
+                    f"changed_replies@{a.name}": m.share(x["output"] != y["output"] for x, y in
+                                                         zip(replies["none"], replies[a.name]))}
         if "perplexity" in a.reference:
             metrics[f"peft_delta_pct@{a.name}"] = abs(ppl / a.reference["perplexity"] - 1) * 100
     return metrics
 
 
-def performance(artifact: Path, device: str, precision: str, prompts: list[str], new_tokens: int) -> dict:
-    """Load + compile time, then TTFT / TPOT / throughput over the prompts after a warm-up, each generating
-    exactly `new_tokens` (EOS ignored) so variants do the same work."""
-    import openvino_genai as ov_genai
+# ---------------------------------------------------------------- PyTorch reference
+def torch_model(checkpoint: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    start = time.perf_counter()
-    pipe = ov_genai.LLMPipeline(str(artifact), device, INFERENCE_PRECISION_HINT=precision)
-    load_s = time.perf_counter() - start
-    config = ov_genai.GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True, do_sample=False)
-    _, perf, _ = _generate_all(pipe, prompts, config, f"performance {artifact.name}")
-    return {"load_s": load_s, "ttft_ms": float(perf.get_ttft().mean), **_timing(perf)}
+    return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
 
 
-def text_similarity(a: str, b: str) -> float:
-    from rapidfuzz import fuzz
+def torch_window_nlls(model, windows: list[np.ndarray]) -> list[float]:
+    import torch
 
-    return fuzz.ratio(a, b) / 100.0
+    nlls = []
+    with torch.no_grad():
+        for w in tqdm(windows, desc="perplexity (PyTorch fp32)", unit="window"):
+            ids = torch.from_numpy(w)[None]
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+            nlls.append(float(-logp[torch.arange(len(w) - 1), ids[0, 1:]].sum()))
+    return nlls
 
 
+def torch_replies(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
+    """Greedy replies as openvino-genai makes them: the chat template applied to the prompt as a user turn, then
+    decoding until EOS or max_new_tokens, special tokens skipped."""
+    import torch
+
+    replies = []
+    for prompt in tqdm(prompts, desc="generate (PyTorch fp32)", unit="prompt"):
+        if tokenizer.chat_template:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        else:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        replies.append({"prompt": prompt, "output": tokenizer.decode(out[0, ids.shape[1]:],
+                                                                     skip_special_tokens=True)})
+    return replies
+
+
+def compare_replies(ref: list[dict], cur: list[dict]) -> tuple[dict[str, float], list[dict]]:
+    if not ref or [r["prompt"] for r in ref] != [c["prompt"] for c in cur]:
+        return {}, []
+    sims = [{"prompt": r["prompt"], "reference": r["output"], "output": c["output"],
+             "similarity": m.text_similarity(r["output"], c["output"])} for r, c in zip(ref, cur)]
+    return ({"generation_similarity": m.mean(s["similarity"] for s in sims),
+             "generation_exact_match": m.share(s["reference"] == s["output"] for s in sims)},
+            [{"kind": "reply", **s} for s in worst([s for s in sims if s["similarity"] < 1], "similarity")])
+
+
+def compare_windows(ref: list[dict], cur: list[dict]) -> list[dict]:
+    if not ref or [r["tokens"] for r in ref] != [c["tokens"] for c in cur]:
+        return []
+    moved = [{"kind": "window", "index": c["index"], "text": c["text"],
+              "nll_per_token_change": (c["nll"] - r["nll"]) / c["tokens"]} for r, c in zip(ref, cur)]
+    return worst([x for x in moved if x["nll_per_token_change"] > 1e-3], "nll_per_token_change", reverse=True)
+
+
+@register
 class LLMFamily(Family):
     name = "llm"
+    Settings = LLMSettings
     task = "text-generation-with-past"
     latency_metric = "tpot_ms"
     pipeline_tag = "text-generation"
+    adapter_families = True
+    accuracy_metrics = ("perplexity", "generation_similarity", "generation_exact_match")
+    comparison_metrics = ("generation_similarity", "generation_exact_match")
+    default_rules = (
+        {"metric": "perplexity", "against": "source", "max_increase_pct": 5},
+        {"metric": "tokenizer_parity", "min": 1.0},
+    )
     usage = """import openvino_genai as ov_genai
 
 pipe = ov_genai.LLMPipeline("{path}", "{device}")
@@ -168,43 +280,85 @@ print(pipe.generate("What is OpenVINO?", max_new_tokens=100))
 from optimum.intel import OVModelForCausalLM
 model = OVModelForCausalLM.from_pretrained("{path}")"""
 
-    def report_metrics(self, params: Params) -> list[str]:
-        return ["perplexity", "generation_similarity", "generation_exact_match"]
+    def check_params(self, settings: LLMSettings, params, key: str) -> None:
+        if settings.eval_set not in params.eval_sets:
+            raise ValueError(f"{key}.eval_set: unknown eval set '{settings.eval_set}'")
 
-    def settings(self, params: Params) -> LLMValidation:
-        return params.validate_settings.llm
-
-    def validate(self, artifact: Path, device: str, params: Params, precision: str,
-                 adapters: list[AdapterRun] = ()) -> Validation:
-        from stages.evalsets import eval_text
-
-        s, text = self.settings(params), eval_text(self.settings(params).eval_set)
-        metrics = perplexity(artifact, text, device, precision, s.context_length, s.max_tokens)
-        replies = generate(artifact, s.prompts, device, precision, s.max_new_tokens, adapters)
-        outputs = {"generations": replies["none"]}
+    def validation_metrics(self, settings: LLMSettings, params, model: str) -> list[str]:
+        names = ["perplexity", "eval_tokens", "eval_tokenizer_match", "tokenizer_parity"]
+        adapters = params.adapters_for(model)
         if adapters:
-            ppls = adapter_perplexities(artifact, text, device, precision, s.context_length, s.max_tokens, adapters)
-            metrics |= adapter_metrics(ppls, replies, adapters)
-            outputs["adapter_generations"] = {a.name: replies[a.name] for a in adapters}
+            names.append("perplexity@none")
+        for a in adapters:
+            names += [f"perplexity@{a}", f"effect_pct@{a}", f"changed_replies@{a}", f"peft_delta_pct@{a}"]
+        return names
+
+    def plan_inputs(self, settings: LLMSettings, params, model: str) -> dict[str, Path]:
+        return {f"eval_set:{settings.eval_set}": eval_text_path(settings.eval_set)}
+
+    def report_metrics(self, settings) -> list[str]:
+        return ["perplexity", "generation_similarity", "generation_exact_match", "tokenizer_parity"]
+
+    def validate(self, artifact: Path, device: str, ctx: RunContext) -> Validation:
+        s: LLMSettings = ctx.settings
+        text = eval_text(s.eval_set)
+        windows = eval_windows(artifact, text, s.context_length, s.max_tokens)
+        nlls = score_windows(artifact, windows, device, ctx)
+        hf_ids = [int(t) for w in windows for t in w]
+        ir_ids = ir_token_ids(artifact, text)[:len(hf_ids)]
+        metrics = {**perplexity_metrics(windows, nlls), "eval_tokenizer_match": float(ir_ids == hf_ids),
+                   **tokenizer_parity_metric(artifact)}
+        replies = generate(artifact, s.prompts, device, ctx, s.max_new_tokens, ctx.adapters)
+        outputs = {"generations": replies["none"], "windows": window_records(artifact, windows, nlls)}
+        if ctx.adapters:
+            metrics |= adapter_metrics(adapter_perplexities(artifact, windows, device, ctx), replies, ctx.adapters)
+            outputs["adapter_generations"] = {a.name: replies[a.name] for a in ctx.adapters}
         return Validation(metrics=metrics, outputs=outputs,
                           info={"eval_set": s.eval_set, "context_length": s.context_length,
-                                "adapters": {a.name: {"alpha": a.alpha} for a in adapters}})
+                                "windows": len(windows), "tokenized_by": "the artifact's HF tokenizer (= source)",
+                                "adapters": {a.name: {"alpha": a.alpha} for a in ctx.adapters}})
 
-    def performance(self, artifact: Path, device: str, params: Params, precision: str) -> dict[str, float]:
-        s = self.settings(params)
-        return performance(artifact, device, precision, s.prompts, s.max_new_tokens)
+    def reference(self, checkpoint: Path, ctx: RunContext) -> Validation:
+        s: LLMSettings = ctx.settings
+        windows = eval_windows(checkpoint, eval_text(s.eval_set), s.context_length, s.max_tokens)
+        model = torch_model(checkpoint)
+        nlls = torch_window_nlls(model, windows)
+        replies = torch_replies(model, hf_tokenizer(checkpoint), s.prompts, s.max_new_tokens)
+        return Validation(metrics=perplexity_metrics(windows, nlls),
+                          outputs={"generations": replies, "windows": window_records(checkpoint, windows, nlls)},
+                          info={"eval_set": s.eval_set, "context_length": s.context_length, "windows": len(windows),
+                                "how": "transformers AutoModelForCausalLM, fp32 PyTorch on CPU, greedy"})
 
-    def compare(self, params: Params, reference: Path, current: Path) -> dict[str, float]:
-        ref = [g["output"] for g in self.outputs(reference).get("generations", [])]
-        cur = [g["output"] for g in self.outputs(current).get("generations", [])]
-        if not ref or len(ref) != len(cur):
-            return {}
-        return {"generation_similarity": float(np.mean([text_similarity(a, b) for a, b in zip(ref, cur)])),
-                "generation_exact_match": float(np.mean([a == b for a, b in zip(ref, cur)]))}
+    def compare(self, reference: Path, current: Path, ctx: RunContext) -> Comparison:
+        ref, cur = self.outputs(reference), self.outputs(current)
+        metrics, worst_replies = compare_replies(ref.get("generations", []), cur.get("generations", []))
+        return Comparison(metrics, worst_replies + compare_windows(ref.get("windows", []), cur.get("windows", [])))
+
+    def performance(self, artifact: Path, device: str, ctx: RunContext) -> dict[str, float]:
+        s: LLMSettings = ctx.settings
+        return performance(artifact, device, ctx, s.prompts, s.max_new_tokens)
+
+
+def tokenizer_parity_metric(artifact: Path) -> dict[str, float]:
+    """The share of probes the tokenizer IR encodes (and decodes) like the HF tokenizer, as export measured it."""
+    parity = read_json(artifact / "manifest.json").get("tokenizer_parity") or {}
+    return {"tokenizer_parity": parity["share"]} if "share" in parity else {}
+
+
+def performance(artifact: Path, device: str, ctx: RunContext, prompts: list[str], new_tokens: int) -> dict:
+    """Load + compile time, then TTFT / TPOT / throughput over the prompts after a warm-up, each generating
+    exactly `new_tokens` (EOS ignored) so variants do the same work."""
+    import openvino_genai as ov_genai
+
+    start = time.perf_counter()
+    pipe = ov_genai.LLMPipeline(str(artifact), device, **ctx.pipeline_config())
+    load_s = time.perf_counter() - start
+    _, perf, _ = generate_all(pipe, prompts, greedy(new_tokens, ignore_eos=True), f"performance {artifact.name}")
+    return {"load_s": load_s, "ttft_ms": float(perf.get_ttft().mean), **timing(perf)}
 
 
 # ---------------------------------------------------------------- speculative decoding
-def _generate_all(pipe, prompts: list[str], config, label: str) -> tuple[list[str], object, list]:
+def generate_all(pipe, prompts: list[str], config, label: str) -> tuple[list[str], object, list]:
     """Greedy texts for every prompt, their summed perf metrics and any speculative-decoding metrics
     (after one warm-up call: compilation and caches are not what is being timed)."""
     pipe.generate([prompts[0]], config)
@@ -214,48 +368,62 @@ def _generate_all(pipe, prompts: list[str], config, label: str) -> tuple[list[st
                                                  if r.extended_perf_metrics is not None]
 
 
-def _timing(perf) -> dict:
+def timing(perf) -> dict:
     return {"tpot_ms": float(perf.get_tpot().mean), "throughput_tok_s": float(perf.get_throughput().mean),
             "generated_tokens": int(perf.get_num_generated_tokens())}
 
 
-def _first_difference(a: str, b: str) -> int:
+def first_difference(a: str, b: str) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def speculative_sweep(main: Path, draft: Path, main_device: str, draft_device: str, precision: str,
-                      prompts: list[str], max_new_tokens: int, num_assistant_tokens: list[int],
-                      thresholds: list[float]) -> dict:
-    """Main alone vs main + draft (openvino_genai.LLMPipeline(draft_model=...)) for each setting of the sweep:
-    greedy outputs must be identical; acceptance = accepted / proposed draft tokens; TPOT and throughput ratios."""
+def speculative_settings(num_assistant_tokens: list[int], thresholds: list[float],
+                         max_ngram_size: Optional[list[int]] = None) -> list[dict]:
+    """The sweep: prompt lookup over (max_ngram_size x num_assistant_tokens), a draft over num_assistant_tokens
+    then confidence thresholds."""
+    if max_ngram_size:
+        return [{"max_ngram_size": n, "num_assistant_tokens": k} for n in max_ngram_size for k in num_assistant_tokens]
+    return [{"num_assistant_tokens": k} for k in num_assistant_tokens] + \
+        [{"assistant_confidence_threshold": t} for t in thresholds]
+
+
+def speculative_pipeline(main: Path, draft: Optional[Path], main_device: str, draft_device: str, config: dict):
+    """LLMPipeline with a draft model, or with prompt lookup (draft-free: n-grams of the prompt are the proposal)."""
     import openvino_genai as ov_genai
 
-    greedy = dict(max_new_tokens=max_new_tokens, do_sample=False)
-    alone = ov_genai.LLMPipeline(str(main), main_device, INFERENCE_PRECISION_HINT=precision)
-    reference, perf, _ = _generate_all(alone, prompts, ov_genai.GenerationConfig(**greedy), "main alone")
-    baseline = _timing(perf)
+    if draft is None:
+        return ov_genai.LLMPipeline(str(main), main_device, prompt_lookup=True, **config)
+    return ov_genai.LLMPipeline(str(main), main_device, **config,
+                                draft_model=ov_genai.draft_model(str(draft), draft_device, **config))
+
+
+def speculative_sweep(main: Path, draft: Optional[Path], main_device: str, draft_device: str, config: dict,
+                      prompts: list[str], max_new_tokens: int, settings: list[dict]) -> dict:
+    """Main alone vs main + draft (or prompt lookup) for each setting of the sweep: greedy outputs must be
+    identical; acceptance = accepted / proposed draft tokens; TPOT and throughput ratios."""
+    import openvino_genai as ov_genai
+
+    alone = ov_genai.LLMPipeline(str(main), main_device, **config)
+    reference, perf, _ = generate_all(alone, prompts, greedy(max_new_tokens), "main alone")
+    baseline = timing(perf)
     del alone
-    pipe = ov_genai.LLMPipeline(str(main), main_device, INFERENCE_PRECISION_HINT=precision,
-                                draft_model=ov_genai.draft_model(str(draft), draft_device,
-                                                                 INFERENCE_PRECISION_HINT=precision))
-    settings = [{"num_assistant_tokens": k} for k in num_assistant_tokens] + \
-               [{"assistant_confidence_threshold": t} for t in thresholds]
+    pipe = speculative_pipeline(main, draft, main_device, draft_device, config)
     sweep = []
     for setting in settings:
         label = ", ".join(f"{k}={v}" for k, v in setting.items())
-        texts, perf, sd = _generate_all(pipe, prompts, ov_genai.GenerationConfig(**greedy, **setting), label)
-        accepted = sum(m.get_num_accepted_tokens() for m in sd)
-        proposed = sum(m.get_num_draft_tokens() for m in sd)
-        timing = _timing(perf)
+        texts, perf, sd = generate_all(pipe, prompts, greedy(max_new_tokens, **setting), label)
+        accepted = sum(x.get_num_accepted_tokens() for x in sd)
+        proposed = sum(x.get_num_draft_tokens() for x in sd)
+        t = timing(perf)
         sweep.append({
-            **setting, **timing,
-            "output_match": float(np.mean([a == b for a, b in zip(reference, texts)])),
-            "mismatches": [{"prompt": p, "main_alone": a, "speculative": b,
-                            "first_difference_at": _first_difference(a, b)}
+            **setting, **t,
+            "output_match": m.share(a == b for a, b in zip(reference, texts)),
+            "mismatches": [{"prompt": p, "main_alone": a, "speculative": b, "first_difference_at": first_difference(a, b)}
                            for p, a, b in zip(prompts, reference, texts) if a != b],
             "accepted_tokens": int(accepted), "proposed_tokens": int(proposed),
             "acceptance_rate": accepted / proposed if proposed else None,
-            "tpot_speedup": baseline["tpot_ms"] / timing["tpot_ms"],
-            "throughput_ratio": timing["throughput_tok_s"] / baseline["throughput_tok_s"],
+            "draft_share": accepted / t["generated_tokens"] if t["generated_tokens"] else None,
+            "tpot_speedup": baseline["tpot_ms"] / t["tpot_ms"],
+            "throughput_ratio": t["throughput_tok_s"] / baseline["throughput_tok_s"],
         })
     return {"baseline": baseline, "sweep": sweep, "reference_outputs": reference}

@@ -1,29 +1,38 @@
 """Text-to-image (Stable Diffusion 1.x/2.x, SDXL, LCM): openvino_genai.Text2ImagePipeline with fixed seeds over a
-prompt file; CLIP score with transformers' CLIPModel; SSIM / PSNR of each image against the reference variant's
-image for the same prompt and seed."""
+prompt file, CLIP score with transformers' CLIPModel; the source pipeline in diffusers fp32 with the same seeds;
+SSIM / PSNR of each image against the compared run's image for the same prompt and seed."""
 from __future__ import annotations
 
 import io
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+from pydantic import Field
 from tqdm import tqdm
 
-from stages.common import checkpoint_dir, read_lines
-from stages.families.base import AdapterRun, Family, Validation
-from stages.params import Params, Text2ImageValidation
+from stages.core import metrics as m
+from stages.core.errors import user_input
+from stages.core.io import read_lines
+from stages.core.paths import source_manifest_path
+from stages.core.schema import Strict
+from stages.families import register
+from stages.families.base import (Comparison, Family, RunContext, Validation, check_scorer, register_adapters,
+                                   worst)
 
 
-def cosines(image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
-    img = image_embeds / np.linalg.norm(image_embeds, axis=-1, keepdims=True)
-    txt = text_embeds / np.linalg.norm(text_embeds, axis=-1, keepdims=True)
-    return np.sum(img * txt, axis=-1)
+class Text2ImageSettings(Strict):
+    """Fixed seeds over a prompt file; CLIP score with a `scorer` model (e.g. openai/clip-vit-base-patch16)."""
 
-
-def clip_score(image_embeds: np.ndarray, text_embeds: np.ndarray) -> float:
-    """CLIP score as torchmetrics defines it: mean over pairs of 100 * max(cos(image, text), 0)."""
-    return float(np.mean(100 * np.clip(cosines(image_embeds, text_embeds), 0, None)))
+    reference: str = "fp16"
+    prompts: str  # a text file kept in the repo, one prompt per line
+    clip_model: str  # a `models` entry of family scorer
+    seeds: list[int] = Field(default=[0], min_length=1)
+    width: int = Field(default=512, gt=0)
+    height: int = Field(default=512, gt=0)
+    num_inference_steps: int = Field(default=20, gt=0)
+    guidance_scale: Optional[float] = Field(default=None, ge=0)  # None: the pipeline's own default
 
 
 class ClipScorer:
@@ -50,7 +59,7 @@ class ClipScorer:
         """The CLIP score, and the mean unclamped cosine (informative where the score clamps to 0, e.g. for a
         random-init scorer)."""
         embeds = self.embeddings(images, texts)
-        return {"clip_score": clip_score(*embeds), "clip_cosine": float(np.mean(cosines(*embeds)))}
+        return {"clip_score": m.clip_score(*embeds), "clip_cosine": m.mean(m.cosines(*embeds))}
 
 
 def contact_sheet(images: list, labels: list[str], columns: int = 4):
@@ -74,14 +83,13 @@ def png_bytes(image) -> bytes:
     return buf.getvalue()
 
 
-def image_pipeline(artifact: Path, device: str, precision: str, adapters: list[AdapterRun]):
+def image_pipeline(artifact: Path, device: str, ctx: RunContext, adapters=()):
     import openvino_genai as ov_genai
 
-    kwargs = {"adapters": ov_genai.AdapterConfig([a.adapter() for a in adapters])} if adapters else {}
-    return ov_genai.Text2ImagePipeline(str(artifact), device, INFERENCE_PRECISION_HINT=precision, **kwargs)
+    return ov_genai.Text2ImagePipeline(str(artifact), device, **ctx.pipeline_config(), **register_adapters(adapters))
 
 
-def generate_image(pipe, prompt: str, seed: int, s: Text2ImageValidation, adapter_config=None):
+def generate_image(pipe, prompt: str, seed: int, s: Text2ImageSettings, adapter_config=None):
     import openvino_genai as ov_genai
     from PIL import Image
 
@@ -93,22 +101,37 @@ def generate_image(pipe, prompt: str, seed: int, s: Text2ImageValidation, adapte
     return Image.fromarray(np.array(tensor.data[0]))  # a copy: the tensor views a buffer the next call reuses
 
 
-def image_similarity(a_png: Path, b_png: Path) -> dict[str, float]:
+def diffusers_image(pipe, prompt: str, seed: int, s: Text2ImageSettings):
+    """The same prompt and seed through diffusers (torch.Generator(seed) draws the latents genai's TorchGenerator
+    reproduces)."""
+    import torch
+
+    kwargs = {"guidance_scale": s.guidance_scale} if s.guidance_scale is not None else {}
+    with torch.no_grad():
+        return pipe(prompt, width=s.width, height=s.height, num_inference_steps=s.num_inference_steps,
+                    generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images[0]
+
+
+def load_image(path: Path) -> np.ndarray:
     from PIL import Image
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    a, b = (np.asarray(Image.open(p).convert("RGB")) for p in (a_png, b_png))
-    return {"ssim": float(structural_similarity(a, b, channel_axis=-1, data_range=255)),
-            "psnr": float(peak_signal_noise_ratio(a, b, data_range=255)) if not np.array_equal(a, b) else 100.0}
+    with user_input(f"image {path}"):
+        return np.asarray(Image.open(path).convert("RGB"))
 
 
+@register
 class Text2ImageFamily(Family):
     name = "text2image"
+    Settings = Text2ImageSettings
     task = "text-to-image"
     library = "diffusers"
     latency_metric = "image_s"
     pipeline_tag = "text-to-image"
+    adapter_families = True
     calibration_chars = 160  # hybrid quantization calibrates on prompts: short samples
+    accuracy_metrics = ("clip_score", "ssim", "psnr")
+    comparison_metrics = ("ssim", "psnr")
+    default_rules = ({"metric": "ssim", "against": "source", "min": 0.9},)
     usage = """import openvino_genai as ov_genai
 from PIL import Image
 
@@ -121,8 +144,23 @@ Image.fromarray(image.data[0]).save("cat.png")
 from optimum.intel import OVDiffusionPipeline
 pipe = OVDiffusionPipeline.from_pretrained("{path}")"""
 
-    def settings(self, params: Params) -> Text2ImageValidation:
-        return params.validate_settings.text2image
+    def check_params(self, settings: Text2ImageSettings, params, key: str) -> None:
+        check_scorer(params, settings.clip_model, f"{key}.clip_model")
+        if not Path(settings.prompts).is_file():
+            raise ValueError(f"{key}.prompts: file not found: {settings.prompts}")
+
+    def validation_metrics(self, settings, params, model: str) -> list[str]:
+        names = ["clip_score", "clip_cosine", "images"]
+        for a in params.adapters_for(model):
+            names += [f"clip_score@{a}", f"clip_cosine@{a}", f"changed_images@{a}"]
+        return names
+
+    def plan_inputs(self, settings: Text2ImageSettings, params, model: str) -> dict[str, Path]:
+        return {"prompts": Path(settings.prompts), f"scorer:{settings.clip_model}":
+                source_manifest_path(settings.clip_model)}
+
+    def report_metrics(self, settings) -> list[str]:
+        return ["clip_score", "ssim", "psnr"]
 
     def calibration_config(self, checkpoint: Path, samples: list[str]) -> dict:
         return {"dataset": samples}  # the pipeline tokenizes prompts itself
@@ -130,34 +168,28 @@ pipe = OVDiffusionPipeline.from_pretrained("{path}")"""
     def compressed_irs(self, artifact: Path) -> list[Path]:
         return sorted(artifact.glob("*/openvino_model.xml"))
 
-    def report_metrics(self, params: Params) -> list[str]:
-        return ["clip_score", "ssim_vs_reference", "psnr_vs_reference"]
+    def tokenizer_folders(self, artifact: Path) -> list[Path]:
+        return [d for d in sorted(artifact.glob("tokenizer*")) if (d / "openvino_tokenizer.xml").is_file()]
 
-    def prompts(self, params: Params) -> list[str]:
-        return read_lines(self.settings(params).prompts, "validate.text2image.prompts", "prompt")
+    def prompts(self, s: Text2ImageSettings) -> list[str]:
+        return read_lines(s.prompts, "validate.text2image.prompts", "prompt")
 
-    def validate(self, artifact: Path, device: str, params: Params, precision: str,
-                 adapters: list[AdapterRun] = ()) -> Validation:
-        import openvino_genai as ov_genai
-
-        s, prompts = self.settings(params), self.prompts(params)
-        pipe = image_pipeline(artifact, device, precision, adapters)
-        none = ov_genai.AdapterConfig() if adapters else None
+    def _render(self, make_image, ctx: RunContext, label: str, adapters=()) -> Validation:
+        s: Text2ImageSettings = ctx.settings
+        prompts = self.prompts(s)
         jobs = [(i, p, seed) for i, p in enumerate(prompts) for seed in s.seeds]
-        images, files, records, seconds = [], {}, [], 0.0
-        for i, prompt, seed in tqdm(jobs, desc=f"text2image {artifact.name}", unit="image"):
-            start = time.perf_counter()
-            images.append(generate_image(pipe, prompt, seed, s, none))
-            seconds += time.perf_counter() - start
+        images, files, records = [], {}, []
+        for i, prompt, seed in tqdm(jobs, desc=f"text2image ({label})", unit="image"):
+            images.append(make_image(prompt, seed, None))
             name = f"images/p{i}_s{seed}.png"
             files[name] = png_bytes(images[-1])
             records.append({"prompt": prompt, "seed": seed, "file": name})
-        scorer = ClipScorer(checkpoint_dir(s.clip_model))
+        scorer = ClipScorer(ctx.scorers[s.clip_model])
         texts = [p for _, p, _ in jobs]
-        metrics = {**scorer.score(images, texts), "images": len(images)}
+        metrics = {**scorer.score(images, texts), "images": float(len(images))}
         for a in adapters:
-            adapted = [generate_image(pipe, p, seed, s, a.config()) for _, p, seed in jobs]
-            changed = np.mean([not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(images, adapted)])
+            adapted = [make_image(p, seed, a.config()) for _, p, seed in jobs]
+            changed = m.share(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(images, adapted))
             metrics |= {f"{k}@{a.name}": v for k, v in scorer.score(adapted, texts).items()}
             metrics[f"changed_images@{a.name}"] = changed
         sheet = contact_sheet(images, [f"s{seed} {p}" for _, p, seed in jobs])
@@ -166,11 +198,40 @@ pipe = OVDiffusionPipeline.from_pretrained("{path}")"""
                                 "steps": s.num_inference_steps, "clip_model": s.clip_model,
                                 "adapters": [a.name for a in adapters]})
 
-    def performance(self, artifact: Path, device: str, params: Params, precision: str) -> dict[str, float]:
+    def validate(self, artifact: Path, device: str, ctx: RunContext) -> Validation:
+        import openvino_genai as ov_genai
+
+        pipe = image_pipeline(artifact, device, ctx, ctx.adapters)
+        none = ov_genai.AdapterConfig() if ctx.adapters else None
+        return self._render(lambda p, seed, adapter: generate_image(pipe, p, seed, ctx.settings, adapter or none),
+                            ctx, artifact.name, ctx.adapters)
+
+    def reference(self, checkpoint: Path, ctx: RunContext) -> Validation:
+        import torch
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(checkpoint, torch_dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        run = self._render(lambda p, seed, _: diffusers_image(pipe, p, seed, ctx.settings), ctx, "diffusers fp32")
+        run.info["how"] = f"diffusers {type(pipe).__name__}, fp32 PyTorch on CPU, torch.Generator(seed)"
+        return run
+
+    def compare(self, reference: Path, current: Path, ctx: RunContext) -> Comparison:
+        ref, cur = self.outputs(reference).get("images", []), self.outputs(current).get("images", [])
+        if not ref or [(r["prompt"], r["seed"]) for r in ref] != [(c["prompt"], c["seed"]) for c in cur]:
+            return Comparison({})
+        sims = [{"kind": "image", "prompt": c["prompt"], "seed": c["seed"], "file": c["file"],
+                 **m.image_similarity(load_image(reference / r["file"]), load_image(current / c["file"]))}
+                for r, c in zip(ref, cur)]
+        return Comparison({"ssim": m.mean(x["ssim"] for x in sims), "psnr": m.mean(x["psnr"] for x in sims)},
+                          worst(sims, "ssim"))
+
+    def performance(self, artifact: Path, device: str, ctx: RunContext) -> dict[str, float]:
         """Load + compile time, then seconds per image over the first prompt's seeds after one warm-up."""
-        s, prompt = self.settings(params), self.prompts(params)[0]
+        s: Text2ImageSettings = ctx.settings
+        prompt = self.prompts(s)[0]
         start = time.perf_counter()
-        pipe = image_pipeline(artifact, device, precision, [])
+        pipe = image_pipeline(artifact, device, ctx)
         load_s = time.perf_counter() - start
         generate_image(pipe, prompt, s.seeds[0], s)
         start = time.perf_counter()
@@ -178,10 +239,3 @@ pipe = OVDiffusionPipeline.from_pretrained("{path}")"""
             generate_image(pipe, prompt, seed, s)
         return {"load_s": load_s, "image_s": (time.perf_counter() - start) / len(s.seeds)}
 
-    def compare(self, params: Params, reference: Path, current: Path) -> dict[str, float]:
-        ref, cur = self.outputs(reference).get("images", []), self.outputs(current).get("images", [])
-        if not ref or [(r["prompt"], r["seed"]) for r in ref] != [(c["prompt"], c["seed"]) for c in cur]:
-            return {}
-        sims = [image_similarity(reference / r["file"], current / c["file"]) for r, c in zip(ref, cur)]
-        return {"ssim_vs_reference": float(np.mean([x["ssim"] for x in sims])),
-                "psnr_vs_reference": float(np.mean([x["psnr"] for x in sims]))}

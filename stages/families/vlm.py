@@ -1,6 +1,6 @@
-"""Vision-language models (LLaVA, MiniCPM-V, ...): openvino_genai.VLMPipeline answers a question file about real
-sample images; each variant's answers are compared with the reference variant's by a sentence-embedding model
-(cosine similarity) and by exact match."""
+"""Vision-language models (LLaVA, MiniCPM-V, ...): openvino_genai.VLMPipeline answers a question file about sample
+images; the source checkpoint answers the same questions in transformers fp32. Answers are embedded with a
+sentence-embedding scorer (cosine similarity) and compared by exact match."""
 from __future__ import annotations
 
 import json
@@ -8,18 +8,30 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 from tqdm import tqdm
 
-from stages.common import checkpoint_dir, read_lines
-from stages.families.base import AdapterRun, Family, Validation
-from stages.params import Params, Variant, VLMValidation
+from stages.core import metrics as m
+from stages.core.errors import BuildError, user_input
+from stages.core.io import read_lines
+from stages.core.paths import source_manifest_path
+from stages.core.schema import Strict, Variant
+from stages.families import register
+from stages.families.base import Comparison, Family, RunContext, Validation, check_scorer, worst
 
 
-class ImageError(SystemExit):
-    pass
+class VLMSettings(Strict):
+    """A question file over images; answers compared via a sentence-embedding `scorer` model
+    (e.g. sentence-transformers/all-MiniLM-L6-v2)."""
+
+    reference: str = "fp16"
+    images: list[str] = Field(min_length=1)  # skimage:<name>, matplotlib:<sample file> or a file path
+    questions: str  # a text file kept in the repo, one question per line
+    embedding_model: str  # a `models` entry of family scorer
+    max_new_tokens: int = Field(default=32, gt=0)
 
 
-def load_image(spec: str) -> np.ndarray:
+def load_image(spec: str, key: str = "validate.vlm.images") -> np.ndarray:
     """An RGB uint8 [H, W, 3] array: `skimage:<name>` (skimage.data), `matplotlib:<file>` (matplotlib's sample
     data) or a file path."""
     from PIL import Image
@@ -29,19 +41,21 @@ def load_image(spec: str) -> np.ndarray:
         from skimage import data
 
         if not callable(getattr(data, name, None)):
-            raise ImageError(f"validate.vlm.images: skimage.data has no image '{name}'")
+            raise BuildError(f"{key}: skimage.data has no image '{name}'")
         image = Image.fromarray(getattr(data, name)())
     elif kind == "matplotlib":
         from matplotlib import cbook
 
         try:
             image = Image.open(cbook.get_sample_data(name))
-        except (FileNotFoundError, ValueError):
-            raise ImageError(f"validate.vlm.images: matplotlib has no sample image '{name}'") from None
+        except (FileNotFoundError, ValueError) as e:
+            raise BuildError(f"{key}: matplotlib has no sample image '{name}'") from e
     else:
         if not Path(spec).is_file():
-            raise ImageError(f"validate.vlm.images: image file not found: {spec}")
-        image = Image.open(spec)
+            raise BuildError(f"{key}: image file not found: {spec}")
+        with user_input(f"{key}: {spec}"):
+            image = Image.open(spec)
+            image.load()
     return np.asarray(image.convert("RGB"))
 
 
@@ -53,12 +67,6 @@ def write_preprocessor_config(artifact: Path) -> None:
     processor = json.loads((artifact / "processor_config.json").read_text())
     if "image_processor" in processor:
         (artifact / "preprocessor_config.json").write_text(json.dumps(processor["image_processor"], indent=2))
-
-
-def vlm_pipeline(artifact: Path, device: str, precision: str):
-    import openvino_genai as ov_genai
-
-    return ov_genai.VLMPipeline(str(artifact), device, INFERENCE_PRECISION_HINT=precision)
 
 
 class SentenceEmbedder:
@@ -73,16 +81,39 @@ class SentenceEmbedder:
         return self.model.encode(texts, normalize_embeddings=True)
 
 
-def cosine(a: list[float], b: list[float]) -> float:
-    a, b = np.asarray(a), np.asarray(b)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+class TorchVLM:
+    """The source checkpoint through transformers (fp32, greedy), prompted as openvino-genai prompts it: the
+    chat template over a user turn of the image then the question."""
+
+    def __init__(self, checkpoint: Path):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.processor = AutoProcessor.from_pretrained(checkpoint)
+        self.model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+
+    def answer(self, image: np.ndarray, question: str, max_new_tokens: int) -> str:
+        import torch
+        from PIL import Image
+
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        prompt = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        inputs = self.processor(images=Image.fromarray(image), text=prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        return self.processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
+@register
 class VLMFamily(Family):
     name = "vlm"
+    Settings = VLMSettings
     task = "image-text-to-text"
     latency_metric = "tpot_ms"
     pipeline_tag = "image-text-to-text"
+    accuracy_metrics = ("answer_similarity", "answer_exact_match")
+    comparison_metrics = ("answer_similarity", "answer_exact_match")
+    default_rules = ({"metric": "answer_similarity", "against": "source", "min": 0.8},)
     usage = """import numpy as np
 import openvino as ov
 import openvino_genai as ov_genai
@@ -96,8 +127,21 @@ print(pipe.generate("What is in this image?", image=image, max_new_tokens=100).t
 from optimum.intel import OVModelForVisualCausalLM
 model = OVModelForVisualCausalLM.from_pretrained("{path}")"""
 
-    def settings(self, params: Params) -> VLMValidation:
-        return params.validate_settings.vlm
+    def check_params(self, settings: VLMSettings, params, key: str) -> None:
+        check_scorer(params, settings.embedding_model, f"{key}.embedding_model")
+        if not Path(settings.questions).is_file():
+            raise ValueError(f"{key}.questions: file not found: {settings.questions}")
+
+    def validation_metrics(self, settings, params, model: str) -> list[str]:
+        return ["answers_nonempty", "questions"]
+
+    def plan_inputs(self, settings: VLMSettings, params, model: str) -> dict[str, Path]:
+        files = {"questions": Path(settings.questions),
+                 f"scorer:{settings.embedding_model}": source_manifest_path(settings.embedding_model)}
+        return files | {f"image:{spec}": Path(spec) for spec in settings.images if ":" not in spec}
+
+    def report_metrics(self, settings) -> list[str]:
+        return ["answer_similarity", "answer_exact_match", "answers_nonempty"]
 
     def export(self, checkpoint: Path, variant: Variant, out: Path, calibration=None,
                trust_remote_code: bool = False) -> None:
@@ -108,58 +152,69 @@ model = OVModelForVisualCausalLM.from_pretrained("{path}")"""
         # optimum-intel applies the recipe to the language model; the embedding models get int8 by its design
         return [artifact / "openvino_language_model.xml"]
 
-    def report_metrics(self, params: Params) -> list[str]:
-        return ["answer_similarity", "answer_exact_match", "answers_nonempty"]
-
-    def questions(self, params: Params) -> list[tuple[str, str]]:
-        s = self.settings(params)
+    def jobs(self, s: VLMSettings) -> list[tuple[str, str]]:
         questions = read_lines(s.questions, "validate.vlm.questions", "question")
         return [(image, q) for image in s.images for q in questions]
 
-    def validate(self, artifact: Path, device: str, params: Params, precision: str,
-                 adapters: list[AdapterRun] = ()) -> Validation:
-        import openvino as ov
-
-        s, jobs = self.settings(params), self.questions(params)
-        images = {spec: ov.Tensor(load_image(spec)[None]) for spec in s.images}
-        pipe = vlm_pipeline(artifact, device, precision)
-        answers = []
-        for spec, question in tqdm(jobs, desc=f"vlm {artifact.name}", unit="question"):
-            text = pipe.generate(question, image=images[spec], max_new_tokens=s.max_new_tokens,
-                                 do_sample=False).texts[0]
-            answers.append({"image": spec, "question": question, "answer": text.strip()})
-        # embedded here, so comparing with the reference (at the gate) needs no model
-        embeddings = SentenceEmbedder(checkpoint_dir(s.embedding_model)).encode([a["answer"] for a in answers])
-        for answer, embedding in zip(answers, embeddings):
-            answer["embedding"] = [round(float(x), 6) for x in embedding]
-        return Validation(metrics={"answers_nonempty": float(np.mean([bool(a["answer"]) for a in answers])),
-                                   "questions": len(answers)},
+    def _answer_all(self, answer, ctx: RunContext, label: str) -> Validation:
+        s: VLMSettings = ctx.settings
+        jobs = self.jobs(s)
+        images = {spec: load_image(spec) for spec in s.images}
+        answers = [{"image": spec, "question": q, "answer": answer(images[spec], q).strip()}
+                   for spec, q in tqdm(jobs, desc=f"vlm ({label})", unit="question")]
+        # embedded here, so comparing two runs (at the gate) needs no model
+        embeddings = SentenceEmbedder(ctx.scorers[s.embedding_model]).encode([a["answer"] for a in answers])
+        for a, e in zip(answers, embeddings):
+            a["embedding"] = [round(float(x), 6) for x in e]
+        return Validation(metrics={"answers_nonempty": m.share(a["answer"] for a in answers),
+                                   "questions": float(len(answers))},
                           outputs={"answers": answers},
                           info={"images": s.images, "questions": len(jobs) // len(s.images),
                                 "embedding_model": s.embedding_model})
 
-    def performance(self, artifact: Path, device: str, params: Params, precision: str) -> dict[str, float]:
+    def validate(self, artifact: Path, device: str, ctx: RunContext) -> Validation:
+        import openvino as ov
+        import openvino_genai as ov_genai
+
+        pipe = ov_genai.VLMPipeline(str(artifact), device, **ctx.pipeline_config())
+        max_new = ctx.settings.max_new_tokens
+        return self._answer_all(lambda image, q: pipe.generate(q, image=ov.Tensor(image[None]), max_new_tokens=max_new,
+                                                               do_sample=False).texts[0], ctx, artifact.name)
+
+    def reference(self, checkpoint: Path, ctx: RunContext) -> Validation:
+        torch_vlm = TorchVLM(checkpoint)
+        run = self._answer_all(lambda image, q: torch_vlm.answer(image, q, ctx.settings.max_new_tokens), ctx,
+                               "PyTorch fp32")
+        run.info["how"] = "transformers AutoModelForImageTextToText, fp32 PyTorch on CPU, greedy"
+        return run
+
+    def compare(self, reference: Path, current: Path, ctx: RunContext) -> Comparison:
+        ref, cur = self.outputs(reference).get("answers", []), self.outputs(current).get("answers", [])
+        if not ref or [(r["image"], r["question"]) for r in ref] != [(c["image"], c["question"]) for c in cur]:
+            return Comparison({})
+        sims = [{"kind": "answer", "image": c["image"], "question": c["question"], "compared": r["answer"],
+                 "output": c["answer"], "similarity": float(m.cosines([r["embedding"]], [c["embedding"]])[0])}
+                for r, c in zip(ref, cur)]
+        return Comparison({"answer_similarity": m.mean(x["similarity"] for x in sims),
+                           "answer_exact_match": m.share(x["compared"] == x["output"] for x in sims)},
+                          worst([x for x in sims if x["compared"] != x["output"]], "similarity"))
+
+    def performance(self, artifact: Path, device: str, ctx: RunContext) -> dict[str, float]:
         """Load + compile time, then TTFT / TPOT over the first image's questions, each generating exactly
         max_new_tokens (EOS ignored), after one warm-up."""
         import openvino as ov
         import openvino_genai as ov_genai
 
-        s, jobs = self.settings(params), self.questions(params)
+        s: VLMSettings = ctx.settings
+        jobs = self.jobs(s)
         image = ov.Tensor(load_image(s.images[0])[None])
         start = time.perf_counter()
-        pipe = vlm_pipeline(artifact, device, precision)
+        pipe = ov_genai.VLMPipeline(str(artifact), device, **ctx.pipeline_config())
         load_s = time.perf_counter() - start
         config = ov_genai.GenerationConfig(max_new_tokens=s.max_new_tokens, ignore_eos=True, do_sample=False)
         pipe.generate(jobs[0][1], image=image, generation_config=config)
         perf = [pipe.generate(q, image=image, generation_config=config).perf_metrics
                 for spec, q in jobs if spec == s.images[0]]
-        return {"load_s": load_s, "ttft_ms": float(np.mean([p.get_ttft().mean for p in perf])),
-                "tpot_ms": float(np.mean([p.get_tpot().mean for p in perf])),
-                "throughput_tok_s": float(np.mean([p.get_throughput().mean for p in perf]))}
-
-    def compare(self, params: Params, reference: Path, current: Path) -> dict[str, float]:
-        ref, cur = self.outputs(reference).get("answers", []), self.outputs(current).get("answers", [])
-        if not ref or [(r["image"], r["question"]) for r in ref] != [(c["image"], c["question"]) for c in cur]:
-            return {}
-        return {"answer_similarity": float(np.mean([cosine(r["embedding"], c["embedding"]) for r, c in zip(ref, cur)])),
-                "answer_exact_match": float(np.mean([r["answer"] == c["answer"] for r, c in zip(ref, cur)]))}
+        return {"load_s": load_s, "ttft_ms": m.mean(p.get_ttft().mean for p in perf),
+                "tpot_ms": m.mean(p.get_tpot().mean for p in perf),
+                "throughput_tok_s": m.mean(p.get_throughput().mean for p in perf)}

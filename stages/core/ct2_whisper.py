@@ -34,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common import atomic_dir, log, setup_logging
+from stages.core.errors import BuildError, run_stage
+from stages.core.io import atomic_dir
+from stages.core.runtime import log, setup_logging
 
 SUPPORTED_BINARY_VERSIONS = (4, 5, 6)
 MAX_SPEC_REVISION = 3
@@ -402,7 +404,7 @@ def _generation_config(tok, ct2: dict, model_config) -> tuple:
     return gen, note
 
 
-def convert_ct2_whisper(model_files: list[Path], meta_dir: Path, out: Path) -> dict:
+def convert_ct2_whisper(model_files: list[Path], meta_dir: Path, out: Path, label: str = "") -> dict:
     """Convert CT2 Whisper `model_files` (model.bin or its parts, in order) + `meta_dir` into a transformers
     checkpoint in `out`: model (fp32 safetensors), config, generation_config, processor (feature extractor +
     tokenizer). Everything is read and checked before anything is written; `out` is then replaced as a whole
@@ -429,7 +431,7 @@ def convert_ct2_whisper(model_files: list[Path], meta_dir: Path, out: Path) -> d
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     report = {
-        "source": ct2.label, "binary_version": ct2.version, "spec_revision": ct2.revision,
+        "source": label or ct2.label, "binary_version": ct2.version, "spec_revision": ct2.revision,
         "n_params": sum(p.numel() for p in model.parameters()), "dtype": "float32",
         "multilingual": generation.is_multilingual, "config_lang_ids": lang_ids_note,
         "dims": {k: getattr(config, k) for k in ("d_model", "encoder_layers", "decoder_layers",
@@ -442,7 +444,7 @@ def convert_ct2_whisper(model_files: list[Path], meta_dir: Path, out: Path) -> d
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:  # python -m stages.core.ct2_whisper
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_files", nargs="+", type=Path, help="model.bin, or its parts in order")
     parser.add_argument("--meta", type=Path, required=True, help="dir with config.json, tokenizer.json, vocabulary.txt")
@@ -452,9 +454,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         report = convert_ct2_whisper(args.model_files, args.meta, args.out)
     except CT2FormatError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise BuildError(str(e)) from e
     print(json.dumps({k: v for k, v in report.items() if k != "variables_used"}, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -4,13 +4,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from stages.params import Variant
+from stages.core.errors import BuildError, user_input
+from stages.core.schema import Variant
 
 EMBEDDING_MARKERS = ("embed", "lm_head", "wte", "wpe", "shared.weight")
-
-
-class RecipeError(SystemExit):
-    pass
 
 
 def checkpoint_weight_shapes(checkpoint: Path) -> dict[str, tuple[int, ...]]:
@@ -18,7 +15,7 @@ def checkpoint_weight_shapes(checkpoint: Path) -> dict[str, tuple[int, ...]]:
 
     shapes = {}
     for f in sorted(Path(checkpoint).rglob("*.safetensors")):
-        with safe_open(f, framework="np") as st:
+        with user_input(f"{f}"), safe_open(f, framework="np") as st:
             for key in st.keys():
                 shapes[key] = tuple(st.get_slice(key).get_shape())
     return shapes
@@ -39,9 +36,19 @@ def precheck_group_size(checkpoint: Path, variant: Variant, variant_name: str) -
             bad.append((name, shape[-1]))
     if bad:
         name, channels = bad[0]
-        raise RecipeError(
+        raise BuildError(
             f"variants.{variant_name}.group_size: {gs} does not divide the {channels} input channels of {name} "
             f"({len(bad)} layer(s) affected); choose a divisor or set group_size_fallback: adjust|ignore")
+
+
+def read_model(model_xml: Path):
+    """An IR as OpenVINO reads it; a missing or corrupt file is one line naming it."""
+    import openvino as ov
+
+    if not Path(model_xml).is_file():
+        raise BuildError(f"{model_xml}: IR file missing")
+    with user_input(f"{model_xml}"):
+        return ov.Core().read_model(model_xml)
 
 
 def _rt_value(node):
@@ -50,9 +57,7 @@ def _rt_value(node):
 
 def read_compression_info(model_xml: Path) -> dict:
     """NNCF's `nncf/weight_compression/*` rt_info of an IR, as plain strings ({} when uncompressed)."""
-    import openvino as ov
-
-    model = ov.Core().read_model(model_xml)
+    model = read_model(model_xml)
     if not model.has_rt_info(["nncf", "weight_compression"]):
         return {}
     section = model.get_rt_info(["nncf", "weight_compression"])
@@ -61,9 +66,7 @@ def read_compression_info(model_xml: Path) -> dict:
 
 def weight_counts(model_xml: Path) -> Counter:
     """Weight elements per element type (u4, i8, f16, ...), counted over the IR's large constants."""
-    import openvino as ov
-
-    model = ov.Core().read_model(model_xml)
+    model = read_model(model_xml)
     counts: Counter = Counter()
     for op in model.get_ops():
         if op.get_type_name() != "Constant":
@@ -99,34 +102,51 @@ def postcheck(model_xmls: list[Path], variant: Variant, variant_name: str) -> di
     return {"rt_info": rt_info, "weight_bitwidths": shares(total)}
 
 
-def check_ir(model_xml: Path, variant: Variant, variant_name: str, bitwidths: dict[str, float]) -> dict:
-    info = read_compression_info(model_xml)
-    problems = []
-    mode = expected_mode(variant)
-    if mode is None:
-        if info:
-            problems.append(f"fp16 requested but NNCF compression recorded: {info.get('mode')}")
+# recipe key -> the rt_info key NNCF records it under (nncf/weight_compression/*)
+RT_INFO_KEYS = {"ratio": "ratio", "awq": "awq", "scale_estimation": "scale_estimation", "all_layers": "all_layers",
+                "backup_precision": "backup_mode"}
+
+
+def requested(variant: Variant) -> dict[str, str]:
+    """The rt_info entries a compressed IR must carry for this recipe: mode and group size always, every other
+    option the params set explicitly."""
+    if variant.weight_format == "fp16":
+        return {}
+    want = {"mode": expected_mode(variant),
+            "group_size": str(-1 if variant.weight_format == "int8" else variant.group_size)}
+    for key, rt_key in RT_INFO_KEYS.items():
+        if key in variant.model_fields_set and getattr(variant, key) is not None:
+            want[rt_key] = str(getattr(variant, key))
+    return want
+
+
+def same(recorded: str, wanted: str) -> bool:
+    try:
+        return abs(float(recorded) - float(wanted)) < 1e-6
+    except ValueError:
+        return recorded.strip().lower() == wanted.strip().lower()
+
+
+def recipe_problems(info: dict, variant: Variant, bitwidths: dict[str, float]) -> list[str]:
+    if variant.weight_format == "fp16":
+        problems = [f"fp16 requested but NNCF compression recorded: {info.get('mode')}"] if info else []
         if not any(t == "f16" for t in bitwidths):
             problems.append(f"fp16 requested but no f16 weights found ({bitwidths})")
-    else:
-        if not info:
-            problems.append("no nncf/weight_compression rt_info: the IR was not compressed")
-        else:
-            if info.get("mode") != mode:
-                problems.append(f"mode {info.get('mode')} != requested {mode}")
-            want_gs = -1 if variant.weight_format == "int8" else variant.group_size
-            if variant.weight_format == "int4" and str(info.get("group_size")) != str(want_gs):
-                problems.append(f"group_size {info.get('group_size')} != requested {want_gs}")
-            want_ratio = 1.0 if variant.weight_format == "int8" or variant.ratio is None else variant.ratio
-            if "ratio" in info and abs(float(info["ratio"]) - want_ratio) > 1e-6:
-                problems.append(f"ratio {info['ratio']} != requested {want_ratio}")
-            for key, want in (("awq", variant.awq), ("scale_estimation", variant.scale_estimation),
-                              ("all_layers", variant.all_layers), ("backup_mode", variant.backup_precision)):
-                if want is not None and key in info and str(info[key]) != str(want):
-                    problems.append(f"{key} {info[key]} != requested {want}")
-            low_bit = {"u4", "i4"} if variant.weight_format == "int4" else {"u8", "i8"}
-            if not any(t in low_bit for t in bitwidths):
-                problems.append(f"no {'/'.join(sorted(low_bit))} weights in the IR ({bitwidths})")
+        return problems
+    if not info:
+        return ["no nncf/weight_compression rt_info: the IR was not compressed"]
+    problems = [f"{key} not recorded in the IR (requested {want})" if key not in info else
+                f"{key} {info[key]} != requested {want}" for key, want in requested(variant).items()
+                if key not in info or not same(str(info[key]), want)]
+    low_bit = {"u4", "i4"} if variant.weight_format == "int4" else {"u8", "i8"}
+    if not any(t in low_bit for t in bitwidths):
+        problems.append(f"no {'/'.join(sorted(low_bit))} weights in the IR ({bitwidths})")
+    return problems
+
+
+def check_ir(model_xml: Path, variant: Variant, variant_name: str, bitwidths: dict[str, float]) -> dict:
+    info = read_compression_info(model_xml)
+    problems = recipe_problems(info, variant, bitwidths)
     if problems:
-        raise RecipeError(f"{model_xml}: artifact does not match variants.{variant_name}: " + "; ".join(problems))
+        raise BuildError(f"{model_xml}: artifact does not match variants.{variant_name}: " + "; ".join(problems))
     return info

@@ -1,11 +1,13 @@
-"""Strict draft/main tokenizer compatibility, for speculative decoding.
+"""Tokenizer checks: an artifact's OpenVINO tokenizer IR against its own HF tokenizer (parity, after export), and
+a draft's tokenizers against its main's (strict compatibility, for speculative decoding).
 
 openvino-genai's own check compares the token count of one string and the bos/eos/pad ids, so a draft with a
 permuted vocabulary passes it and then never has a token accepted. This check requires identical token->id maps
 and merges, identical special tokens and ids, the same chat template, and identical encodings of a probe corpus
 through both the Hugging Face tokenizers and the exported OpenVINO tokenizer IRs.
 
-    python -m stages.tokenizer_compat MAIN_DIR DRAFT_DIR
+    python -m stages.core.tokenizers MAIN_DIR DRAFT_DIR      (pair compatibility)
+    python -m stages.core.tokenizers ARTIFACT_DIR               (IR parity with the HF tokenizer)
 """
 from __future__ import annotations
 
@@ -21,6 +23,21 @@ PROBES = [
     "Digits 0 1 2 3 12345 3.14159 1,000,000 2024-11-24",
     "def main(argv):\n    return {'a': [1, 2, 3]}  # code\n",
     "<|im_start|>user\nhi<|im_end|>",
+]
+# Parity probes: what tokenizer converters get wrong (whitespace runs before digits and letters, indentation,
+# numbered lists, code, Unicode, special tokens). Fixed text, so the check is the same on every machine.
+PARITY_PROBES = PROBES + [
+    "\n\n   1. first\n   2. second\n\n10) tenth",
+    "  2 spaces, 3   spaces 4    x\t\t5\n      6 indented\n\t\t7 tabs",
+    " leading space", "trailing space ", "   ", "\n", "\n\n\n", "a\r\nb\rc", "x" * 300,
+    "class Parser:\n    def __init__(self, items: list[int] = [1, 2, 3]) -> None:\n        self.items = items\n\n"
+    "    def total(self):\n        return sum(i ** 2 for i in self.items if i % 2 == 0)  # even squares\n",
+    "for (int i = 0; i < 10; ++i) {\n\tprintf(\"%d\\n\", i);\n}",
+    "<html><body class=\"x\">&amp; &lt;tag&gt;</body></html>", "http://example.com/a?b=1&c=2#frag",
+    "He said: \"it's 9:30\", didn't he? I'll've done it—maybe… 50% off! $3.99 (approx.) #1 @user",
+    "Zürich, Ελληνικά, עברית, العربية, हिन्दी, 한국어, 日本語のテキスト, 中文字符", "emoji 👩‍👩‍👧 🇫🇷 ✓ ∞ ≠ ½",
+    "MiXeD CaSe wOrDs and ALLCAPS and snake_case_words and camelCaseWords",
+    "1234567890 0.000001 -42 +3 1e10 0x1F 007 3,141,592 12:34:56",
 ]
 CONVERSATION = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4."},
                 {"role": "user", "content": "And 3 + 3?"}]
@@ -110,6 +127,57 @@ def ov_encoder(folder: Path):
     return lambda text: [int(i) for i in tok.encode(text, add_special_tokens=False).input_ids.data[0]]
 
 
+@dataclass
+class Parity:
+    probes: int
+    mismatches: list[dict] = field(default_factory=list)  # {probe, hf, ir, first_difference}
+
+    @property
+    def share(self) -> float:
+        return 1 - len(self.mismatches) / self.probes
+
+    def summary(self) -> dict:
+        return {"probes": self.probes, "matching": self.probes - len(self.mismatches), "share": self.share,
+                "mismatches": self.mismatches[:SHOWN]}
+
+
+def _first_mismatch(a: list, b: list) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def parity(folder: Path, extra: list[str] = ()) -> Parity:
+    """The folder's OpenVINO tokenizer (and detokenizer) IR against its HF tokenizer on the parity probes (plus
+    the rendered chat template and `extra` texts): identical ids, and identical decoded text."""
+    import openvino_genai as ov_genai
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(folder)
+    ov_tok = ov_genai.Tokenizer(str(folder))
+    probes = PARITY_PROBES + [c for c in (rendered_chat(hf),) if c] + list(extra)
+    result = Parity(len(probes))
+    for probe in probes:
+        a = list(hf(probe, add_special_tokens=False)["input_ids"])
+        b = [int(i) for i in ov_tok.encode(probe, add_special_tokens=False).input_ids.data[0]]
+        if a != b:
+            at = _first_mismatch(a, b)
+            result.mismatches.append({"probe": probe[:60], "what": "encode", "first_difference": at,
+                                      "hf": hf.convert_ids_to_tokens(a[at:at + 3]),
+                                      "ir": hf.convert_ids_to_tokens(b[at:at + 3])})
+            continue
+        if (Path(folder) / "openvino_detokenizer.xml").is_file() and a:
+            da, db = hf.decode(a, skip_special_tokens=True), ov_tok.decode(a, skip_special_tokens=True)
+            if da != db:
+                at = _first_mismatch(list(da), list(db))
+                result.mismatches.append({"probe": probe[:60], "what": "decode", "first_difference": at,
+                                          "hf": da[at:at + 12], "ir": db[at:at + 12]})
+    return result
+
+
+def describe_mismatch(x: dict) -> str:
+    return (f"{x['what']} of {x['probe']!r} differs at {'token' if x['what'] == 'encode' else 'char'} "
+            f"{x['first_difference']}: HF {x['hf']} vs IR {x['ir']}")
+
+
 def check(main_dir: Path, draft_dir: Path, probes: list[str] = PROBES) -> Compatibility:
     from transformers import AutoTokenizer
 
@@ -131,6 +199,10 @@ def check(main_dir: Path, draft_dir: Path, probes: list[str] = PROBES) -> Compat
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 2:
+        found = parity(Path(sys.argv[1]))
+        print("\n".join(map(describe_mismatch, found.mismatches)) or f"parity on {found.probes} probes")
+        sys.exit(0 if not found.mismatches else 1)
     report = check(Path(sys.argv[1]), Path(sys.argv[2]))
     print("\n".join(report.problems) if report.problems else f"compatible ({', '.join(report.checked)})")
     sys.exit(0 if report.ok else 1)
