@@ -19,6 +19,7 @@ from tabulate import tabulate
 
 from stages.core import thresholds
 from stages.core.errors import run_stage
+from stages.core.devices import CPU_PATH
 from stages.core.io import read_json, write_json
 from stages.core.paths import (GATE_PATH, SOURCE, device_outputs_dir, pair_metrics_path, reference_path,
                                source_outputs_dir, split_artifact, validation_path)
@@ -100,6 +101,8 @@ class Evidence:
             family = get_family(self.params.family_of(artifact))
             if against == SOURCE:
                 ref_dir, ref_device = source_outputs_dir(model), SOURCE
+            elif against == CPU_PATH:
+                ref_dir, ref_device = device_outputs_dir(artifact, f"{device}.{CPU_PATH}"), CPU_PATH
             else:
                 ref_artifact = f"{model}/{against}"
                 ref_device = reference_device(self.records, ref_artifact, device)
@@ -116,6 +119,9 @@ class Evidence:
         model, _ = split_artifact(artifact)
         if against == SOURCE:
             return self.sources[model].get("metrics", {}).get(metric), SOURCE
+        if against == CPU_PATH:
+            path = self.records[artifact]["devices"].get(device, {}).get(CPU_PATH, {})
+            return path.get("metrics", {}).get(metric), CPU_PATH
         ref = f"{model}/{against}"
         ref_device = reference_device(self.records, ref, device)
         metrics = self.records.get(ref, {}).get("devices", {}).get(ref_device or "", {}).get("metrics", {})
@@ -124,7 +130,7 @@ class Evidence:
 
 # ---------------------------------------------------------------- rows
 def device_note(device: str, ref_device: str, against: str) -> str:
-    if ref_device in (device, SOURCE, "-"):
+    if ref_device in (device, SOURCE, CPU_PATH, "-"):
         return ""
     return f"{against} compared on {ref_device} ({against} did not run on {device})"
 
@@ -138,6 +144,8 @@ def rule_rows(ev: Evidence, artifact: str, device: str, level: str, rule: GateRu
     compares = thresholds.relative(bounds) or any(fnmatchcase(m, rule.metric) for m in family.comparison_metrics)
     if against == variant and compares:
         return []  # an artifact compared with itself proves nothing
+    if against == CPU_PATH and CPU_PATH not in ev.records[artifact]["devices"][device]:
+        return []  # only NPU targets also run their CPU path
     comparison, ref_device = ev.compared(artifact, device, against) if against != variant else (Comparison({}), "-")
     candidates = {**metrics, **comparison.metrics} if "*" in rule.metric or "?" in rule.metric else None
     names = sorted(m for m in candidates if fnmatchcase(m, rule.metric)) if candidates is not None else [rule.metric]
@@ -241,11 +249,14 @@ def gated_record(ev: Evidence, artifact: str, rules: list[GateRule]) -> dict:
     rec, variant = ev.records[artifact], split_artifact(artifact)[1]
     against = list(dict.fromkeys([SOURCE, ev.reference_variant(artifact)] +
                                  [r.against for r in rules if r.against]))
+    if any(CPU_PATH in r for r in rec.get("devices", {}).values()) and CPU_PATH not in against:
+        against.append(CPU_PATH)
     devices = {}
     for device, result in rec.get("devices", {}).items():
         entry = {"status": result["status"], "metrics": result.get("metrics", {})}
         if result["status"] in RAN:
-            compared = {a: ev.compared(artifact, device, a) for a in against if a != variant}
+            compared = {a: ev.compared(artifact, device, a) for a in against
+                        if a != variant and (a != CPU_PATH or CPU_PATH in result)}
             entry["vs"] = {a: c.metrics for a, (c, _) in compared.items() if c.metrics}
             entry["worst"] = {a: c.worst for a, (c, _) in compared.items() if c.worst}
         devices[device] = entry

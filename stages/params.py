@@ -31,6 +31,7 @@ NOT_A_FAMILY = {"scorer"}  # models that score others (CLIP, sentence embeddings
 SPECULATIVE = "speculative"  # rules on draft/main pairs and prompt lookup
 SPECULATIVE_METRICS = ("output_match", "acceptance_rate", "draft_share")
 SOURCE = "source"
+CPU_PATH = "cpu-path"  # an NPU target's artifact through the CPU plugin (see stages.core.devices)
 CHECKED_PATH = DATA / "params.checked"  # the params stage's output: constant, so it only orders the pipeline
 
 
@@ -171,8 +172,9 @@ class Params(Strict):
             for v in rule.variants or []:
                 if v not in variants:
                     raise ValueError(f"{key}.variants: '{v}' is not a built variant of {'/'.join(families)}")
-            if rule.against not in (None, SOURCE) and rule.against not in variants:
-                raise ValueError(f"{key}.against: '{rule.against}' is neither 'source' nor a built variant")
+            if rule.against not in (None, SOURCE, CPU_PATH) and rule.against not in variants:
+                raise ValueError(f"{key}.against: '{rule.against}' is neither 'source', '{CPU_PATH}' (an NPU target's "
+                                 "own CPU path) nor a built variant")
 
     # ---------------------------------------------------------------- lookups
     def spec(self, name: str) -> Optional[ModelSpec]:

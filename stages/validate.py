@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from stages.core.devices import emulation, run_level
+from stages.core.devices import CPU_PATH, EXACT_CPU, emulation, run_level
 from stages.core.errors import BuildError, run_stage
 from stages.core.io import atomic_dir, read_json, write_json
 from stages.core.paths import artifact_dir, device_folder, outputs_dir, plan_path, split_artifact, validation_path
 from stages.core.recipe import read_model
+from stages.core.schema import device_kind
 from stages.core.runtime import RUNTIME_PACKAGES, available_devices, device_present, log, setup_logging, \
     software_versions
 from stages.families import get_family
@@ -68,6 +69,10 @@ def validate(params: Params, artifact: str) -> dict:
         devices[device], runs[device] = run_on(family, artifact, run_device, level, ctx)
         if level == "emulated":
             devices[device]["emulation"] = emulation(device)
+        if device_kind(device) == "NPU" and device_present("CPU"):  # the same artifact through the CPU plugin
+            cpu = make_context(params, family, model, adapters=[], device_config=dict(EXACT_CPU))
+            cpu.compile_options = dict(EXACT_CPU)
+            devices[device][CPU_PATH], runs[f"{device}.{CPU_PATH}"] = run_on(family, artifact, "CPU", CPU_PATH, cpu)
     ran = [d for d in variant.targets if devices[d]["status"] in ("validated", "emulated")]
     record = {"artifact": artifact, "model": model, "variant": variant_name, "family": family.name,
               "targets": variant.targets, "inference_precision": common.inference_precision,

@@ -31,7 +31,8 @@ def tiny_params(checkpoint: Path, text_file: Path) -> dict:
             "fp16": {"weight_format": "fp16"},
             "int8": {"weight_format": "int8"},
             "int4": {"weight_format": "int4", "group_size": 32, "sym": False, "ratio": 1.0},
-            "int4-npu": {"weight_format": "int4", "target": "NPU", "group_size": -1, "sym": True},
+            "int4-npu": {"weight_format": "int4", "target": "NPU", "group_size": -1, "sym": True,
+                         "npu": {"max_prompt_len": 64, "min_response_len": 16}},
         },
         "build": ["tiny/fp16", "tiny/int8", "tiny/int4", "tiny/int4-npu"],
         "eval_sets": {"text": {"path": str(text_file), "max_chars": 2000}},
@@ -43,7 +44,7 @@ def tiny_params(checkpoint: Path, text_file: Path) -> dict:
         "pairs": {},
         "prompt_lookup": {},
         # performance runs in perf/dvc.yaml; only the tests about it run that pipeline
-        "validate": {"inference_precision": "f32", "proxy_device": "CPU", "performance": False, "emulate": [],
+        "validate": {"inference_precision": "f32", "proxy_device": "CPU", "performance": False, "emulate": ["NPU"],
                      "llm": {"reference": "fp16", "eval_set": "text", "context_length": 64, "max_tokens": 256,
                              "max_new_tokens": 8, "prompts": ["Paris is", "def main():"]}},
         "gate": {"mode": "dev", "rules": [
@@ -81,6 +82,37 @@ def project(tmp_path, tiny_checkpoint, monkeypatch):
     scaffold(tmp_path, tiny_params(tiny_checkpoint, text))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def prepare(root: Path, *stages: str) -> None:
+    """The stages every artifact needs before export: params check, data sets, fetch, plan."""
+    for args in [("stages.params", "--check"), ("stages.evalsets",), ("stages.speechsets",)] + \
+            [("stages.fetch", "--model", m) for m in yaml.safe_load((root / "params.yaml").read_text())["models"]] + \
+            [("stages.plan",)] + [tuple(s.split()) for s in stages]:
+        run_stage(*args, cwd=root)
+
+
+@pytest.fixture(scope="session")
+def tiny_template(tmp_path_factory, tiny_checkpoint) -> Path:
+    """The tiny pipeline up to its exports, built once per session (params check, data, fetch, plan, source
+    reference, export of every variant); `built` hands each test its own copy."""
+    root = tmp_path_factory.mktemp("template") / "project"
+    root.mkdir()
+    text = root.parent / "eval.txt"
+    text.write_text(EVAL_TEXT)
+    scaffold(root, tiny_params(tiny_checkpoint, text))
+    prepare(root, "stages.reference --model tiny",
+            *[f"stages.export --artifact {a}" for a in tiny_params(tiny_checkpoint, text)["build"]])
+    return root
+
+
+@pytest.fixture
+def built(tmp_path, tiny_template, monkeypatch) -> Path:
+    """A copy of the tiny template (exports done); cwd set to it."""
+    root = tmp_path / "project"
+    shutil.copytree(tiny_template, root, symlinks=True)
+    monkeypatch.chdir(root)
+    return root
 
 
 def write_params(root: Path, params: dict) -> Path:

@@ -1,3 +1,4 @@
+"""The params schema: every bad input is one line naming the key; families own their settings."""
 import copy
 import subprocess
 import sys
@@ -5,13 +6,21 @@ import sys
 import pytest
 import yaml
 
-from stages.params import ParamsError, load_params
+from stages.core.errors import BuildError
+from stages.params import load_params
 from tests.conftest import REPO, assert_nothing_written, run_stage, scaffold, tiny_params, write_params
 
+CONFIGS = ["params.yaml", "configs/hub-models.yaml", "configs/image-models.yaml"]
 
-def test_shipped_params_and_hub_example_validate():
-    assert "smollm2-135m" in load_params(REPO / "params.yaml").models
-    hub = load_params(REPO / "configs" / "hub-models.yaml")
+
+@pytest.mark.parametrize("params_file", CONFIGS)
+def test_shipped_params_and_configs_validate(params_file):
+    params = load_params(REPO / params_file, full=True)
+    assert params.build and params.built_families()
+
+
+def test_hub_config_is_all_hub_and_pinned():
+    hub = load_params(REPO / "configs" / "hub-models.yaml", full=True)
     assert all(m.source.type == "hub" for m in hub.models.values())
 
 
@@ -20,9 +29,10 @@ def base(tmp_path):
     return tiny_params(tmp_path / "ckpt", tmp_path / "t.txt")
 
 
-def error_for(tmp_path, params) -> str:
-    with pytest.raises(ParamsError) as e:
-        load_params(write_params(tmp_path, params))
+def error_for(tmp_path, params, full=True) -> str:
+    with pytest.raises(BuildError) as e:
+        load_params(write_params(tmp_path, params), full=full)
+    assert "\n" not in str(e.value).strip() or str(e.value).count(str(tmp_path)) > 1, str(e.value)
     return str(e.value)
 
 
@@ -36,6 +46,15 @@ def test_wrong_type_is_named(tmp_path, base):
     assert "variants.int4.group_size:" in error_for(tmp_path, base)
 
 
+def test_duplicate_key_is_refused_with_its_line(tmp_path, base):
+    path = write_params(tmp_path, base)
+    text = path.read_text().replace("variants:\n", "variants:\n  int8:\n    weight_format: int8\n", 1)
+    path.write_text(text)
+    with pytest.raises(BuildError) as e:
+        load_params(path)
+    assert "duplicate key 'int8'" in str(e.value) and str(path) in str(e.value)
+
+
 def test_npu_refuses_asymmetric_or_groupwise_int4(tmp_path, base):
     bad = copy.deepcopy(base)
     bad["variants"]["int4-npu"]["sym"] = False
@@ -43,6 +62,11 @@ def test_npu_refuses_asymmetric_or_groupwise_int4(tmp_path, base):
     bad = copy.deepcopy(base)
     bad["variants"]["int4-npu"]["group_size"] = 64
     assert "group_size=64" in error_for(tmp_path, bad)
+
+
+def test_npu_options_only_for_npu_targets(tmp_path, base):
+    base["variants"]["int8"]["npu"] = {"max_prompt_len": 256}
+    assert "variants.int8.npu: NPU pipeline options given, but no target is an NPU" in error_for(tmp_path, base)
 
 
 def test_fp16_with_compression_options_refused(tmp_path, base):
@@ -59,14 +83,29 @@ def test_int4_needs_group_size_and_scale_estimation_needs_data(tmp_path, base):
 
 def test_cross_references(tmp_path, base):
     bad = copy.deepcopy(base)
-    bad["llm"]["variants"].append("int3")
-    assert "llm.variants.4: unknown variant 'int3'" in error_for(tmp_path, bad)
+    bad["build"].append("tiny/int3")
+    assert "build.4: unknown variant 'int3' in 'tiny/int3'" in error_for(tmp_path, bad)
     bad = copy.deepcopy(base)
-    bad["llm"]["reference"] = "int8x"
-    assert "llm.reference: 'int8x' is not one of variants" in error_for(tmp_path, bad)
+    bad["build"].append("nomodel/int8")
+    assert "build.4: unknown model 'nomodel'" in error_for(tmp_path, bad)
+    bad = copy.deepcopy(base)
+    bad["validate"]["llm"]["reference"] = "int8x"
+    assert "validate.llm.reference: 'int8x' is not a built variant of llm" in error_for(tmp_path, bad)
     bad = copy.deepcopy(base)
     bad["validate"]["llm"]["eval_set"] = "nope"
     assert "validate.llm.eval_set: unknown eval set 'nope'" in error_for(tmp_path, bad)
+    bad = copy.deepcopy(base)
+    bad["validate"]["llm"]["contxt_length"] = 64
+    assert "validate.llm.contxt_length: unknown key" in error_for(tmp_path, bad)
+
+
+def test_family_settings_required_for_built_families_only(tmp_path, base):
+    bad = copy.deepcopy(base)
+    del bad["validate"]["llm"]
+    assert "validate.llm: required when build has a llm model" in error_for(tmp_path, bad, full=False)
+    bad = copy.deepcopy(base)
+    bad["validate"]["whisper"] = {"speech_sets": ["x"]}
+    assert "validate.whisper: settings for a family that build does not use" in error_for(tmp_path, bad)
 
 
 def test_hub_source_needs_revision(tmp_path, base):
@@ -76,7 +115,23 @@ def test_hub_source_needs_revision(tmp_path, base):
 
 def test_gate_rule_without_threshold(tmp_path, base):
     base["gate"]["rules"].append({"metric": "perplexity"})
-    assert "gate.rules.2: rule for 'perplexity' sets no threshold" in error_for(tmp_path, base)
+    assert "gate.rules.3: rule for 'perplexity' sets no threshold" in error_for(tmp_path, base)
+
+
+@pytest.mark.parametrize("rule, message", [
+    ({"family": "llm", "metric": "perplexty", "max": 10}, "gate.rules.3.metric: 'perplexty' matches no metric of llm"),
+    ({"family": "llm", "metric": "wer_*", "max": 10}, "gate.rules.3.metric: 'wer_*' matches no metric of llm"),
+    ({"family": "whisper", "metric": "wer_*", "max": 1}, "gate.rules.3.family: build has no whisper model"),
+    ({"family": "llm", "metric": "perplexity", "variants": ["int9"], "max": 1},
+     "gate.rules.3.variants: 'int9' is not a built variant of llm"),
+    ({"family": "llm", "metric": "perplexity", "against": "fp32", "max_increase_pct": 1},
+     "gate.rules.3.against: 'fp32' is neither 'source', 'cpu-path'"),
+    ({"family": "llm", "metric": "generation_similarity", "max_decrease": 0.1},
+     "gate.rules.3: 'generation_similarity' already compares with `against`"),
+])
+def test_rules_name_real_metrics_variants_and_references(tmp_path, base, rule, message):
+    base["gate"]["rules"].append(rule)
+    assert message in error_for(tmp_path, base)
 
 
 def test_cli_prints_one_line_per_problem(tmp_path, base):
@@ -84,50 +139,67 @@ def test_cli_prints_one_line_per_problem(tmp_path, base):
     path = write_params(tmp_path, base)
     proc = subprocess.run([sys.executable, "-m", "stages.fetch", "--model", "tiny", "--params", str(path)],
                           capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode != 0
-    assert proc.stderr.strip() == f"{path}: variants.int8.bogus: unknown key"
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: {path}: variants.int8.bogus: unknown key"
     assert not (tmp_path / "models").exists()
+
+
+def test_debug_switch_prints_the_traceback(tmp_path, base):
+    base["variants"]["int8"]["bogus"] = 1
+    path = write_params(tmp_path, base)
+    proc = subprocess.run([sys.executable, "-m", "stages.params", str(path)], capture_output=True, text=True,
+                          cwd=tmp_path, env={**__import__("os").environ, "OVBUILD_DEBUG": "1"})
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "bogus: unknown key" in proc.stderr
 
 
 def test_npu_refusal_through_export_cli_writes_nothing(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["variants"]["int4-npu"]["group_size"] = 64
     write_params(project, params)
-    proc = run_stage("stages.export", "--model", "tiny", "--variant", "int4-npu", check=False)
-    assert proc.returncode != 0
+    proc = run_stage("stages.export", "--artifact", "tiny/int4-npu", check=False)
+    assert proc.returncode == 1
     assert proc.stderr.strip().endswith("variants.int4-npu.targets: NPU needs int4 to be channel-wise symmetric "
                                         "(sym: true, group_size: -1); got sym=True, group_size=64")
     assert_nothing_written(project / "models")
 
 
-def test_hub_example_builds_a_dag(tmp_path):
+def test_hub_config_builds_a_dag(tmp_path):
     scaffold(tmp_path, yaml.safe_load((REPO / "configs/hub-models.yaml").read_text()))
     proc = subprocess.run([sys.executable, "-m", "dvc", "dag"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "export-llm@qwen2-5-1-5b-instruct-int4-gpu" in proc.stdout
+    assert "export@qwen2-5-1-5b-instruct/int4-gpu" in proc.stdout
     assert "fetch@phi-3-mini-4k-instruct" in proc.stdout
 
 
 def test_draft_and_pair_references(tmp_path, base):
-    base["derived_drafts"] = {"d1": {"base": "nope", "keep_layers": 1}}
+    base["derived_drafts"] = {"d1": {"base": "nope", "teacher": "tiny", "keep_layers": 1}}
     assert "derived_drafts.d1.base: 'nope' is not an llm in models" in error_for(tmp_path, base)
-    base["derived_drafts"] = {"d1": {"base": "tiny", "keep_layers": 1, "distill": {"data": "missing"}}}
+    base["derived_drafts"] = {"d1": {"base": "tiny", "teacher": "tiny", "keep_layers": 1,
+                                     "distill": {"data": "missing"}}}
     assert "derived_drafts.d1.distill.data: unknown calibration set 'missing'" in error_for(tmp_path, base)
-    base["derived_drafts"] = {"d1": {"base": "tiny", "keep_layers": 1}}
-    base["drafts"] = {"models": ["d1"], "variants": ["int8"]}
+    base["derived_drafts"] = {"d1": {"base": "tiny", "teacher": "tiny", "keep_layers": 1}}
+    base["drafts"] = ["d1/int8"]
     base["validate"]["speculative"] = {"prompts": ["hi"], "num_assistant_tokens": [3]}
     base["pairs"] = {"p": {"main": "tiny/int8", "draft": "d1/int4"}}
-    assert "pairs.p.draft: 'd1/int4' is not built by drafts" in error_for(tmp_path, base)
+    assert "pairs.p.draft: 'd1/int4' is not in drafts" in error_for(tmp_path, base)
     base["pairs"] = {"p": {"main": "tiny", "draft": "d1/int8"}}
-    assert "pairs.p.main: expected '<model>/<variant>', got 'tiny'" in error_for(tmp_path, base)
+    assert "pairs.p.main:" in error_for(tmp_path, base)
     base["pairs"] = {"p": {"main": "tiny/int8", "draft": "d1/int8"}}
     base["gate"]["rules"].append({"family": "speculative", "metric": "acceptance_rate", "min": 0.1, "pairs": ["q"]})
-    assert "gate.rules.2.pairs: unknown pair 'q'" in error_for(tmp_path, base)
+    assert "gate.rules.3.pairs: unknown pair 'q'" in error_for(tmp_path, base)
     base["gate"]["rules"][-1]["pairs"] = ["p"]
-    assert load_params(write_params(tmp_path, base)).pairs["p"].artifact("draft") == ("d1", "int8")
+    base["gate"]["rules"].append({"family": "speculative", "metric": "tpot_speedup", "min": 1.5})
+    assert "gate.rules.4.metric: 'tpot_speedup' matches no pair metric" in error_for(tmp_path, base)
+    base["gate"]["rules"].pop()
+    assert load_params(write_params(tmp_path, base), full=True).pairs["p"].draft == "d1/int8"
 
 
-@pytest.mark.parametrize("params_file", ["params.yaml", "configs/hub-models.yaml", "configs/image-models.yaml"])
+def test_release_mode_cannot_accept_emulation(tmp_path, base):
+    base["gate"].update(mode="release", accept_emulated=True)
+    assert "gate.accept_emulated: release mode requires real target devices" in error_for(tmp_path, base)
+
+
+@pytest.mark.parametrize("params_file", CONFIGS)
 def test_every_params_key_dvc_tracks_exists(tmp_path, params_file):
     """DVC fails a stage whose `params:` key is absent from params.yaml, even where the schema has a default."""
     from dvc.dependency.param import ParamsDependency

@@ -17,7 +17,7 @@ from stages.core import metrics as m
 from stages.core.errors import BuildError
 from stages.core.io import read_json
 from stages.core.paths import eval_text_path
-from stages.core.schema import Strict
+from stages.core.schema import NPUSettings, Strict, device_kind
 from stages.core.textdata import eval_text
 from stages.families import register
 from stages.families.base import AdapterRun, Comparison, Family, RunContext, Validation, register_adapters, worst
@@ -80,6 +80,81 @@ def scoring_model(model_xml: Path):
     return model
 
 
+def static_scoring_model(model_xml: Path, seq_len: int):
+    """The scoring model for static-shape devices (NPU): stateless, an empty past (no KV cache inputs), reshaped to
+    [1, seq_len]; windows are right-padded to seq_len (causal attention: real positions never see the padding)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+    from openvino._offline_transformations import stateful_to_stateless_transformation
+
+    model = scoring_model(model_xml)
+    stateful_to_stateless_transformation(model)  # ReadValue/Assign -> past_key_values.* inputs, present.* outputs
+    for p in list(model.get_parameters()):
+        name = p.get_output_tensor(0).get_any_name()
+        if name.startswith("past_key_values"):  # an empty past: [1, kv_heads, 0, head_dim]
+            ps = p.get_partial_shape()
+            shape = [1 if i == 0 else (0 if ps[i].is_dynamic else ps[i].get_length()) for i in range(ps.rank.get_length())]
+            p.output(0).replace(ops.constant(np.zeros(shape, p.get_element_type().to_dtype())).output(0))
+            model.remove_parameter(p)
+        elif name == "beam_idx":
+            p.output(0).replace(ops.constant(np.zeros([1], np.int32)).output(0))
+            model.remove_parameter(p)
+    for r in list(model.get_results()):
+        if "token_logprobs" not in r.output(0).get_names() and "logits" not in r.output(0).get_names():
+            model.remove_result(r)  # the present.* outputs
+    model.reshape({i.get_any_name(): [1, seq_len] for i in model.inputs})
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def score_windows_static(artifact: Path, windows: list[np.ndarray], device: str, ctx: RunContext) -> list[float]:
+    """Negative log-likelihood of each window's next tokens through a static-shape device's plugin (NPU)."""
+    import openvino as ov
+
+    seq_len = max(len(w) for w in windows)
+    compiled = ov.Core().compile_model(static_scoring_model(artifact / "openvino_model.xml", seq_len), device,
+                                       ctx.compile_config())
+    request = compiled.create_infer_request()
+    nlls = []
+    for w in tqdm(windows, desc=f"perplexity {artifact.name} on {device} (static)", unit="window"):
+        k = len(w)
+        feed = {"input_ids": np.zeros((1, seq_len), np.int64), "attention_mask": np.zeros((1, seq_len), np.int64),
+                "position_ids": np.arange(seq_len, dtype=np.int64)[None], "labels": np.zeros((1, seq_len), np.int64)}
+        feed["input_ids"][0, :k], feed["attention_mask"][0, :k], feed["labels"][0, :k - 1] = w, 1, w[1:]
+        logp = request.infer(feed)[compiled.outputs[0]][0, :k - 1]
+        nlls.append(float(-np.asarray(logp, dtype=np.float64).sum()))
+    return nlls
+
+
+def prompt_limit_probe(pipe, tokenizer, max_prompt_len: int) -> dict[str, float]:
+    """The NPU pipeline compiles for MAX_PROMPT_LEN tokens: a longer prompt must raise a clear error (measured on
+    genai 2026.4: it does, naming MAX_PROMPT_LEN), never be truncated silently or give garbage."""
+    ids = tokenizer("word " * (max_prompt_len + 8), add_special_tokens=False)["input_ids"][:max_prompt_len + 1]
+    import openvino as ov
+
+    try:
+        pipe.generate(ov.Tensor(np.asarray([ids], dtype=np.int64)), greedy(2))
+    except RuntimeError as e:
+        return {"prompt_limit_enforced": float("MAX_PROMPT_LEN" in str(e))}
+    return {"prompt_limit_enforced": 0.0}
+
+
+def check_npu_budget(artifact: Path, prompts: list[str], max_new_tokens: int, options: dict) -> None:
+    """genai's NPU pipeline stops silently (finish reason NONE) once prompt + reply fill MAX_PROMPT_LEN +
+    MIN_RESPONSE_LEN: refuse settings that could hit that, rather than validate truncated replies."""
+    if "MAX_PROMPT_LEN" not in options:
+        return
+    tok = hf_tokenizer(artifact)
+    longest = max(len(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True))
+                  if tok.chat_template else len(tok(p)["input_ids"]) for p in prompts)
+    budget = options["MAX_PROMPT_LEN"] + options["MIN_RESPONSE_LEN"]
+    if longest > options["MAX_PROMPT_LEN"] or longest + max_new_tokens > budget:
+        raise BuildError(f"{artifact}: a prompt of {longest} tokens + max_new_tokens {max_new_tokens} does not fit "
+                         f"the NPU pipeline's MAX_PROMPT_LEN {options['MAX_PROMPT_LEN']} / MIN_RESPONSE_LEN "
+                         f"{options['MIN_RESPONSE_LEN']} (raise variants.<variant>.npu.max_prompt_len / "
+                         "min_response_len)")
+
+
 def score_windows(artifact: Path, windows: list[np.ndarray], device: str, ctx: RunContext) -> list[float]:
     """Negative log-likelihood of each window's next tokens, one forward pass per window."""
     import openvino as ov
@@ -126,9 +201,9 @@ def greedy(max_new_tokens: int, **extra):
 
 
 def generate(artifact: Path, prompts: list[str], device: str, ctx: RunContext, max_new_tokens: int,
-             adapters: list[AdapterRun] = ()) -> dict[str, list[dict]]:
-    """Greedy replies (stopping at EOS), compared across runs: {"none": [...], <adapter>: [...]}. Every adapter is
-    registered when the pipeline is built and chosen per generate() call (never fused)."""
+             adapters: list[AdapterRun] = ()) -> tuple[dict[str, list[dict]], object]:
+    """Greedy replies (stopping at EOS), compared across runs: ({"none": [...], <adapter>: [...]}, the pipeline).
+    Every adapter is registered when the pipeline is built and chosen per generate() call (never fused)."""
     import openvino_genai as ov_genai
 
     pipe = ov_genai.LLMPipeline(str(artifact), device, **ctx.pipeline_config(), **register_adapters(adapters))
@@ -140,7 +215,7 @@ def generate(artifact: Path, prompts: list[str], device: str, ctx: RunContext, m
             config.adapters = adapter_config
         replies[label] = [{"prompt": p, "output": pipe.generate([p], config).texts[0]}
                           for p in tqdm(prompts, desc=f"generate {artifact.name} ({label})", unit="prompt")]
-    return replies
+    return replies, pipe
 
 
 # ---------------------------------------------------------------- LoRA adapters
@@ -285,7 +360,7 @@ model = OVModelForCausalLM.from_pretrained("{path}")"""
             raise ValueError(f"{key}.eval_set: unknown eval set '{settings.eval_set}'")
 
     def validation_metrics(self, settings: LLMSettings, params, model: str) -> list[str]:
-        names = ["perplexity", "eval_tokens", "eval_tokenizer_match", "tokenizer_parity"]
+        names = ["perplexity", "eval_tokens", "eval_tokenizer_match", "tokenizer_parity", "prompt_limit_enforced"]
         adapters = params.adapters_for(model)
         if adapters:
             names.append("perplexity@none")
@@ -299,23 +374,44 @@ model = OVModelForCausalLM.from_pretrained("{path}")"""
     def report_metrics(self, settings) -> list[str]:
         return ["perplexity", "generation_similarity", "generation_exact_match", "tokenizer_parity"]
 
+    def device_options(self, device: str, variant, emulation: dict) -> dict:
+        """NPU: the static-shape pipeline's prompt and response budgets (and hints); emulated, NPUW's partitions
+        on the CPU (LLMPipeline drives NPUW itself, so only its device list is given)."""
+        if device_kind(device) != "NPU":
+            return dict(emulation)
+        npu = variant.npu or NPUSettings()
+        options = {"MAX_PROMPT_LEN": npu.max_prompt_len, "MIN_RESPONSE_LEN": npu.min_response_len}
+        options |= {k: v for k, v in (("GENERATE_HINT", npu.generate_hint), ("PREFILL_HINT", npu.prefill_hint)) if v}
+        if emulation:
+            options |= {k: emulation[k] for k in ("NPUW_DEVICES", "DYNAMIC_QUANTIZATION_GROUP_SIZE") if k in emulation}
+        return options
+
     def validate(self, artifact: Path, device: str, ctx: RunContext) -> Validation:
         s: LLMSettings = ctx.settings
+        npu = device_kind(device) == "NPU"
+        if npu:
+            check_npu_budget(artifact, s.prompts, s.max_new_tokens, ctx.device_config)
         text = eval_text(s.eval_set)
         windows = eval_windows(artifact, text, s.context_length, s.max_tokens)
-        nlls = score_windows(artifact, windows, device, ctx)
+        # the NPU compiles static shapes only: its own scoring graph, through the NPU plugin (NPUW when emulated)
+        nlls = (score_windows_static if npu else score_windows)(artifact, windows, device, ctx)
         hf_ids = [int(t) for w in windows for t in w]
         ir_ids = ir_token_ids(artifact, text)[:len(hf_ids)]
         metrics = {**perplexity_metrics(windows, nlls), "eval_tokenizer_match": float(ir_ids == hf_ids),
                    **tokenizer_parity_metric(artifact)}
-        replies = generate(artifact, s.prompts, device, ctx, s.max_new_tokens, ctx.adapters)
+        adapters = [] if npu else ctx.adapters  # genai's NPU pipeline takes no LoRA adapters here
+        replies, pipe = generate(artifact, s.prompts, device, ctx, s.max_new_tokens, adapters)
+        if npu:
+            metrics |= prompt_limit_probe(pipe, hf_tokenizer(artifact), ctx.device_config["MAX_PROMPT_LEN"])
         outputs = {"generations": replies["none"], "windows": window_records(artifact, windows, nlls)}
-        if ctx.adapters:
+        if adapters:
             metrics |= adapter_metrics(adapter_perplexities(artifact, windows, device, ctx), replies, ctx.adapters)
             outputs["adapter_generations"] = {a.name: replies[a.name] for a in ctx.adapters}
         return Validation(metrics=metrics, outputs=outputs,
                           info={"eval_set": s.eval_set, "context_length": s.context_length,
                                 "windows": len(windows), "tokenized_by": "the artifact's HF tokenizer (= source)",
+                                "scoring": "static [1, context_length] graph" if npu else "stateful graph",
+                                "device_options": {k: v for k, v in ctx.device_config.items()},
                                 "adapters": {a.name: {"alpha": a.alpha} for a in ctx.adapters}})
 
     def reference(self, checkpoint: Path, ctx: RunContext) -> Validation:

@@ -16,7 +16,7 @@ from stages.core import metrics as m
 from stages.core.errors import user_input
 from stages.core.io import read_lines
 from stages.core.paths import source_manifest_path
-from stages.core.schema import Strict
+from stages.core.schema import Strict, device_kind
 from stages.families import register
 from stages.families.base import (Comparison, Family, RunContext, Validation, check_scorer, register_adapters,
                                    worst)
@@ -84,9 +84,18 @@ def png_bytes(image) -> bytes:
 
 
 def image_pipeline(artifact: Path, device: str, ctx: RunContext, adapters=()):
+    """On a static-shape device (NPU) the pipeline is reshaped to the validation size before it compiles."""
     import openvino_genai as ov_genai
 
-    return ov_genai.Text2ImagePipeline(str(artifact), device, **ctx.pipeline_config(), **register_adapters(adapters))
+    if device_kind(device) != "NPU":
+        return ov_genai.Text2ImagePipeline(str(artifact), device, **ctx.pipeline_config(),
+                                           **register_adapters(adapters))
+    s: Text2ImageSettings = ctx.settings
+    pipe = ov_genai.Text2ImagePipeline(str(artifact))
+    guidance = s.guidance_scale if s.guidance_scale is not None else pipe.get_generation_config().guidance_scale
+    pipe.reshape(1, s.height, s.width, guidance)
+    pipe.compile(device, **ctx.pipeline_config(), **register_adapters(adapters))
+    return pipe
 
 
 def generate_image(pipe, prompt: str, seed: int, s: Text2ImageSettings, adapter_config=None):

@@ -143,6 +143,10 @@ model = OVModelForVisualCausalLM.from_pretrained("{path}")"""
     def report_metrics(self, settings) -> list[str]:
         return ["answer_similarity", "answer_exact_match", "answers_nonempty"]
 
+    def device_options(self, device: str, variant, emulation: dict) -> dict:
+        """VLMPipeline drives NPUW itself on the NPU (the language model; vision and embeddings stay on CPU)."""
+        return {k: emulation[k] for k in ("NPUW_DEVICES", "DYNAMIC_QUANTIZATION_GROUP_SIZE") if k in emulation}
+
     def export(self, checkpoint: Path, variant: Variant, out: Path, calibration=None,
                trust_remote_code: bool = False) -> None:
         super().export(checkpoint, variant, out, calibration, trust_remote_code)
