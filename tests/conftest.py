@@ -101,8 +101,7 @@ def tiny_template(tmp_path_factory, tiny_checkpoint) -> Path:
     text = root.parent / "eval.txt"
     text.write_text(EVAL_TEXT)
     scaffold(root, tiny_params(tiny_checkpoint, text))
-    prepare(root, "stages.reference --model tiny",
-            *[f"stages.export --artifact {a}" for a in tiny_params(tiny_checkpoint, text)["build"]])
+    dvc("repro", "export", "reference", cwd=root)
     return root
 
 
@@ -113,6 +112,21 @@ def built(tmp_path, tiny_template, monkeypatch) -> Path:
     shutil.copytree(tiny_template, root, symlinks=True)
     monkeypatch.chdir(root)
     return root
+
+
+def dvc(*args, cwd, check=True) -> str:
+    """Run dvc in a project; returns its stdout (fails the test with the output when it fails)."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, f"dvc {args} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def ran(output: str) -> set[str]:
+    """The stages a `dvc repro` output says it ran."""
+    import re
+
+    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 def write_params(root: Path, params: dict) -> Path:
@@ -128,6 +142,15 @@ def run_stage(*args, cwd=None, check=True, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def error_line(proc) -> str:
+    """The one error line a failed stage prints (log lines may precede it); never a traceback."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    return errors[0]
 
 
 def assert_nothing_written(root: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.ct2_whisper import CT2FormatError, CT2Model, convert_ct2_whisper, read_ct2
+from stages.core.ct2_whisper import CT2FormatError, CT2Model, convert_ct2_whisper, read_ct2
 from tests.conftest import assert_nothing_written
 
 pytestmark = pytest.mark.slow

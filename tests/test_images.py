@@ -52,7 +52,7 @@ def record(root, model, variant):
 
 
 def test_clip_score_matches_hand_computed_cosine():
-    from stages.families.text2image import clip_score
+    from stages.core.metrics import clip_score
 
     images = np.array([[3.0, 4.0, 0.0], [1.0, 0.0, 0.0]])
     texts = np.array([[4.0, 3.0, 0.0], [-1.0, 0.0, 0.0]])  # cos 24/25 = 0.96; cos -1 -> clamped to 0
@@ -82,7 +82,7 @@ def test_text2image_same_seed_same_image(image_project):
     import openvino_genai as ov_genai
 
     from stages.families.text2image import generate_image
-    from stages.params import Text2ImageValidation
+    from stages.families.text2image import Text2ImageSettings as Text2ImageValidation
 
     s = Text2ImageValidation(prompts="-", clip_model="-", width=64, height=64, num_inference_steps=3)
     pipe = ov_genai.Text2ImagePipeline(str(image_project / "models/tiny-sd/int8"), "CPU")
@@ -120,7 +120,8 @@ def test_empty_prompt_file_is_one_clear_error(image_project, tmp_path):
 
 
 def test_unknown_sample_image_is_one_clear_error():
-    from stages.families.vlm import ImageError, load_image
+    from stages.families.vlm import load_image
+    from stages.core.errors import BuildError as ImageError
 
     assert load_image("skimage:coffee").shape[-1] == 3
     with pytest.raises(ImageError, match="skimage.data has no image 'nope'"):
@@ -141,7 +142,7 @@ def test_text2image_lora_switched_per_call(image_project, tmp_path):
 
     from stages.families.base import AdapterRun
     from stages.families.text2image import generate_image, image_pipeline
-    from stages.params import Text2ImageValidation
+    from stages.families.text2image import Text2ImageSettings as Text2ImageValidation
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(image_project / "models/tiny-sd/checkpoint", subfolder="unet")

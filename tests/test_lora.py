@@ -25,8 +25,8 @@ def random_lora(checkpoint: Path, out: Path, seed: int, targets: list[str], r: i
 def lora_setup(tmp_path_factory):
     """A tiny LLM exported to fp16 IR and two random adapters on different modules."""
     from stages.families.llm import LLMFamily
-    from stages.params import Variant
-    from stages.tiny import tiny_llm
+    from stages.core.schema import Variant
+    from stages.core.tiny import tiny_llm
 
     root = tmp_path_factory.mktemp("lora")
     checkpoint = tiny_llm(root / "ckpt")
@@ -133,7 +133,7 @@ def test_missing_adapter_file_is_one_clear_error(lora_project):
 
 
 def test_adapter_for_another_architecture_is_refused(lora_project, tmp_path):
-    from stages.tiny import tiny_llm
+    from stages.core.tiny import tiny_llm
 
     project, params = lora_project
     other = random_lora(tiny_llm(tmp_path / "wide", hidden=96), tmp_path / "wide-lora", 0, ["q_proj"])

@@ -1,41 +1,50 @@
-"""`dvc repro` on the tiny model in a temporary git repo: full run, no-op rerun, one-recipe change."""
+"""`dvc repro` on the tiny model in a temporary git repo: full run, no-op rerun, one-recipe change, one family
+setting change, a code change (dvc status names the stages)."""
 import json
-import re
-import subprocess
-import sys
+import shutil
 
 import yaml
 
-from tests.conftest import write_params
+from tests.conftest import dvc, ran, write_params
 
 
-def dvc(*args, cwd):
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"dvc {args} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+def test_repro_then_noop_then_only_changed_variant(built):
+    out = dvc("repro", cwd=built)
+    artifacts = ("fp16", "int8", "int4", "int4-npu")
+    assert ran(out) == {"devices", "gate", "release"} | {f"validate@tiny/{v}" for v in artifacts}
+    gate = json.loads((built / "metrics/gate.json").read_text())
+    assert gate["passed"] and gate["artifacts"]["tiny/int4-npu"]["devices"]["NPU"]["status"] == "emulated"
 
+    assert ran(dvc("repro", cwd=built)) == {"devices"}  # always runs; unchanged devices re-run nothing else
 
-def ran(output):
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-def test_repro_then_noop_then_only_changed_variant(project):
-    out = dvc("repro", cwd=project)
-    expected = {"devices", "evalsets", "speechsets", "fetch@tiny", "gate", "report", "release"} | {
-        f"{s}-llm@tiny-{v}" for s in ("export", "validate") for v in ("fp16", "int8", "int4", "int4-npu")}
-    assert ran(out) == expected
-    report = (project / "reports/summary.md").read_text()
-    assert "tiny/int4" in report and "NOT VALIDATED" in report
-    plot = json.loads((project / "metrics/plots/llm_accuracy_vs_size.json").read_text())
-    assert {p["artifact"] for p in plot} == {"tiny/fp16", "tiny/int8", "tiny/int4", "tiny/int4-npu"}
-    assert {p["metric"] for p in plot} == {"perplexity"}
-
-    assert ran(dvc("repro", cwd=project)) == {"devices"}  # always runs; unchanged devices re-run nothing else
-
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = yaml.safe_load((built / "params.yaml").read_text())
     params["variants"]["int4"]["group_size"] = 64
-    write_params(project, params)
-    assert ran(dvc("repro", cwd=project)) == {"devices", "export-llm@tiny-int4", "validate-llm@tiny-int4", "gate",
-                                              "report", "release"}
-    manifest = json.loads((project / "models/tiny/int4/manifest.json").read_text())
+    write_params(built, params)
+    assert ran(dvc("repro", cwd=built)) == {"devices", "params", "plan", "export@tiny/int4", "validate@tiny/int4",
+                                            "gate", "release"}
+    manifest = json.loads((built / "models/tiny/int4/manifest.json").read_text())
     assert manifest["rt_info"]["openvino_model.xml"]["group_size"] == "64"
+
+    # a runtime option of one variant re-validates it, never re-exports
+    params["variants"]["int4-npu"]["npu"]["min_response_len"] = 32
+    write_params(built, params)
+    assert ran(dvc("repro", cwd=built)) == {"devices", "params", "plan", "validate@tiny/int4-npu", "gate", "release"}
+
+
+def test_editing_a_family_module_marks_its_stages_changed(built):
+    dvc("repro", cwd=built)
+    with (built / "stages/families/llm.py").open("a") as f:
+        f.write("\n# an edit\n")
+    status = dvc("status", cwd=built)
+    for stage in ("params:", "plan:", "export@tiny/int8:", "validate@tiny/int8:", "reference@tiny:", "gate:"):
+        assert stage in status, status
+    assert "fetch@tiny:" not in status and "evalsets:" not in status  # they run no family code
+
+
+def test_moving_a_built_clone_keeps_dvc_status_clean(built, tmp_path):
+    dvc("repro", cwd=built)
+    moved = tmp_path / "elsewhere" / "clone"
+    shutil.move(str(built), moved)
+    status = dvc("status", cwd=moved)
+    assert status.strip() in ("Data and pipelines are up to date.", "devices:\n\tchanged deps:\n\t\tmodified:  "
+                              "always_changed") or "always changed" in status, status

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from stages.tiny import tiny_llm
+from stages.core.tiny import tiny_llm
 from tests.conftest import EVAL_TEXT, assert_nothing_written, run_stage, scaffold, tiny_params, write_params
 
 
@@ -165,7 +165,8 @@ def test_pre_exported_ir_is_checked_not_re_exported(built):
 def test_pruning_must_drop_a_layer(tiny_checkpoint):
     from transformers import AutoModelForCausalLM
 
-    from stages.derive_draft import DeriveError, prune
+    from stages.derive_draft import prune
+    from stages.core.errors import BuildError as DeriveError
 
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
     assert len(prune(model, 1).model.layers) == 1 and len(model.model.layers) == 2

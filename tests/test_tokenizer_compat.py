@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from stages.tiny import tiny_tokenizer
-from stages.tokenizer_compat import check
+from stages.core.tiny import tiny_tokenizer
+from stages.core.tokenizers import check
 
 
 def save(tok, folder, with_ir=False):
