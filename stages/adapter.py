@@ -21,6 +21,7 @@ from stages.core.recipe import checkpoint_weight_shapes
 from stages.core.runtime import log, setup_logging
 from stages.core.schema import Adapter, AdapterFile, AdapterHub, AdapterTraining
 from stages.core.textdata import calibration_text, eval_text
+from stages.check_params import family_settings
 from stages.params import Params, load_stage_params, stage_parser
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -189,8 +190,8 @@ def prepare(params: Params, name: str) -> dict:
                     **info}
         if spec.family == "llm":
             manifest["lora_modules"] = check_fits(out / ADAPTER_FILE, checkpoint, adapter.model, key)
-            if (out / PEFT_CONFIG).is_file() and params.settings("llm") is not None:
-                s = params.settings("llm")
+            if (out / PEFT_CONFIG).is_file() and family_settings(params, "llm") is not None:
+                s = family_settings(params, "llm")
                 manifest["reference"] = peft_perplexity(checkpoint, out, alpha, eval_text(s.eval_set),
                                                         s.context_length, s.max_tokens)
                 manifest["reference"]["how"] = "PEFT PeftModel, fp32 PyTorch, same eval windows as validation"

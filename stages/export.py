@@ -21,6 +21,7 @@ from stages.core.runtime import EXPORT_PACKAGES, log, setup_logging, software_ve
 from stages.core.textdata import calibration_samples
 from stages.core.tokenizers import describe_mismatch, parity
 from stages.families import get_family
+from stages.check_params import load_checked_stage_params
 from stages.params import Params, load_stage_params, stage_parser
 
 SOURCE_KEYS = ("source", "requested_revision", "resolved_revision", "license", "inputs", "random_init", "note")
@@ -98,7 +99,7 @@ def export(params: Params, artifact: str) -> dict:
 def main(argv=None) -> None:
     args = stage_parser(__doc__, artifact=True).parse_args(argv)
     setup_logging()
-    export(load_stage_params(args, full=True), args.artifact)
+    export(load_checked_stage_params(args), args.artifact)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from stages.core.runtime import setup_logging
 from stages.core.schema import GateRule
 from stages.families import get_family
 from stages.families.base import Comparison
+from stages.check_params import family_settings, load_checked_stage_params
 from stages.params import SPECULATIVE, Params, load_stage_params, stage_parser
 from stages.runner import make_context
 
@@ -91,7 +92,7 @@ class Evidence:
         self._comparisons: dict[tuple, tuple[Comparison, str]] = {}
 
     def reference_variant(self, artifact: str) -> str:
-        return self.params.settings(self.params.family_of(artifact)).reference
+        return family_settings(self.params, self.params.family_of(artifact)).reference
 
     def compared(self, artifact: str, device: str, against: str) -> tuple[Comparison, str]:
         """(comparison of this run's outputs with `against`'s, the device `against` ran on)."""
@@ -295,7 +296,7 @@ def summarize(params: Params, rows: list[Row], records: dict) -> dict:
 def main(argv=None) -> int:
     args = stage_parser(__doc__).parse_args(argv)
     setup_logging()
-    params = load_stage_params(args, full=True)
+    params = load_checked_stage_params(args)
     rows, records = evaluate(params)
     summary = summarize(params, rows, records)
     write_json(GATE_PATH, summary)

@@ -19,6 +19,7 @@ from stages.core.io import read_json, write_json
 from stages.core.paths import artifact_dir, performance_path, split_artifact, validation_path
 from stages.core.runtime import device_name, log, setup_logging
 from stages.families import get_family
+from stages.check_params import load_checked_stage_params
 from stages.params import Params, load_stage_params, stage_parser
 from stages.runner import make_context
 
@@ -56,7 +57,7 @@ def measure(params: Params, artifact: str) -> dict:
 def main(argv=None) -> None:
     args = stage_parser(__doc__, artifact=True).parse_args(argv)
     setup_logging()
-    measure(load_stage_params(args, full=True), args.artifact)
+    measure(load_checked_stage_params(args), args.artifact)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,6 @@
-"""The params.yaml schema: the shared sections (stages/core/schema.py) checked by every stage, and each family's own
-`Settings` (validate.<family>, owned by its module) checked where families run.
-
-    python -m stages.params [FILE]            check a file completely (families, rules, metric names)
-    python -m stages.params --check           the `params` stage: the same, first in `dvc repro`
-    python -m stages.params --json-schema     the JSON Schema of the shared sections, for editors
-
-`load_params()` validates the shared sections without importing any family, so the stages that prepare data and
-checkpoints do not depend on family code; `load_params(full=True)` adds the family settings and every check that
-needs them (each rule's metric must exist in its family, cross-references inside family settings).
+"""The params.yaml schema: the shared sections (stages/core/schema.py), checked by every stage without importing any
+family, so the stages that prepare data and checkpoints do not depend on family code. Each family's own `Settings`
+(validate.<family>) and the checks that need the families live in stages/check_params.py.
 """
 from __future__ import annotations
 
@@ -205,71 +198,12 @@ class Params(Strict):
     def raw_settings(self, family: str) -> Any:
         return (self.validate_.model_extra or {}).get(family)
 
-    def settings(self, family: str):
-        """A family's validate.<family> section, checked by the family's own Settings model."""
-        from stages.families import get_family
-
-        raw = self.raw_settings(family)
-        if raw is None:
-            return None
-        try:
-            return get_family(family).Settings.model_validate(raw)
-        except ValidationError as e:
-            raise BuildError(format_errors(e, f"validate.{family}")) from e
-
     def adapters_for(self, model: str) -> dict[str, Adapter]:
         return {name: a for name, a in self.adapters.items() if a.model == model}
 
     def speculative_entries(self) -> dict:
         """Pairs and prompt-lookup entries by name (the gate and report treat both as pairs)."""
         return {**self.pairs, **self.prompt_lookup}
-
-
-def check_families(params: Params) -> None:
-    """The checks that need the family modules (raise BuildError naming the key)."""
-    from stages.families import FAMILIES, get_family
-
-    for name, spec in params.models.items():
-        if spec.family not in FAMILIES and spec.family not in NOT_A_FAMILY:
-            raise BuildError(f"models.{name}.family: unknown family '{spec.family}' (known: "
-                             f"{', '.join(sorted(FAMILIES))}, scorer)")
-    for name in sorted(params.validate_.model_extra or {}):
-        if name not in FAMILIES:
-            raise BuildError(f"validate.{name}: unknown key (families: {', '.join(sorted(FAMILIES))})")
-        if name not in params.built_families():
-            raise BuildError(f"validate.{name}: settings for a family that build does not use")
-    for family_name in params.built_families():
-        settings, family = params.settings(family_name), get_family(family_name)
-        if settings.reference not in params.variants_of(family_name):
-            raise BuildError(f"validate.{family_name}.reference: '{settings.reference}' is not a built variant of "
-                             f"{family_name} (built: {', '.join(params.variants_of(family_name))})")
-        try:
-            family.check_params(settings, params, f"validate.{family_name}")
-        except ValueError as e:
-            raise BuildError(str(e)) from e
-    for name, a in params.adapters.items():
-        if not get_family(params.family_of(a.model)).adapter_families:
-            raise BuildError(f"adapters.{name}.model: family '{params.family_of(a.model)}' takes no LoRA adapters")
-    for i, rule in enumerate(params.gate.rules):
-        if rule.family != SPECULATIVE:
-            check_rule_metric(params, rule, f"gate.rules.{i}")
-
-
-def check_rule_metric(params: Params, rule, key: str) -> None:
-    from stages.core.thresholds import bounds_of, relative
-    from stages.families import get_family
-
-    families = [rule.family] if rule.family else params.built_families()
-    names = {m for f in families for model in params.models_of(f)
-             for m in get_family(f).metric_names(params.settings(f), params, model)}
-    matched = [m for m in names if fnmatchcase(m, rule.metric)]
-    if not matched:
-        raise BuildError(f"{key}.metric: '{rule.metric}' matches no metric of {'/'.join(families)} "
-                         f"(e.g. {', '.join(sorted(names)[:8])})")
-    comparisons = {m for f in families for m in get_family(f).comparison_metrics}
-    if relative(bounds_of(rule)) and all(m in comparisons for m in matched):
-        raise BuildError(f"{key}: '{rule.metric}' already compares with `against`; bound it with max / min, "
-                         "not a change vs the reference")
 
 
 def user_path(loc: tuple) -> str:
@@ -301,7 +235,7 @@ def format_errors(err: ValidationError, prefix: str) -> str:
     return "\n".join(dict.fromkeys(lines))
 
 
-def load_params(path: str | Path = "params.yaml", full: bool = False) -> Params:
+def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     raw = read_yaml(path)
     if raw is not None and not isinstance(raw, dict):
@@ -310,11 +244,6 @@ def load_params(path: str | Path = "params.yaml", full: bool = False) -> Params:
         params = Params.model_validate(raw or {})
     except ValidationError as e:
         raise BuildError(format_errors(e, str(path))) from e
-    if full:
-        try:
-            check_families(params)
-        except BuildError as e:
-            raise BuildError(f"{path}: {e}") from e
     return params
 
 
@@ -329,9 +258,9 @@ def stage_parser(doc: str, **names: bool | str) -> argparse.ArgumentParser:
     return ap
 
 
-def load_stage_params(args: argparse.Namespace, full: bool = False) -> Params:
-    """Validate params.yaml and the names given on the command line."""
-    params = load_params(args.params, full)
+def load_stage_params(args: argparse.Namespace) -> Params:
+    """Validate params.yaml (the shared sections) and the names given on the command line."""
+    params = load_params(args.params)
     known = {"model": {**params.models, **params.derived_drafts}, "pair": params.speculative_entries(),
              "draft": params.derived_drafts, "adapter": params.adapters, "artifact": params.build + params.drafts}
     for flag, names in known.items():
@@ -340,24 +269,3 @@ def load_stage_params(args: argparse.Namespace, full: bool = False) -> Params:
             raise BuildError(f"--{flag}: '{name}' is not in {args.params} ({flag}s: "
                              f"{', '.join(sorted(names)[:10]) or 'none'})")
     return params
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("file", nargs="?", default="params.yaml")
-    ap.add_argument("--check", action="store_true", help=f"the params stage: check, then write {CHECKED_PATH}")
-    ap.add_argument("--json-schema", action="store_true", help="print the params JSON Schema")
-    args = ap.parse_args(argv)
-    if args.json_schema:
-        print(json.dumps(Params.model_json_schema(by_alias=True), indent=1))
-        return 0
-    p = load_params(args.file, full=True)
-    if args.check:
-        write_text(CHECKED_PATH, "params.yaml passed every check\n")  # constant: downstream re-runs never hinge on it
-    print(f"ok: {len(p.models)} models, {len(p.variants)} variants, {len(p.build)} artifacts, {len(p.drafts)} drafts, "
-          f"{len(p.pairs)} pairs, {len(p.prompt_lookup)} prompt-lookup; families {', '.join(p.built_families())}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_stage(main)

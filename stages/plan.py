@@ -22,6 +22,7 @@ from stages.core.paths import (DATA, adapter_dir, calibration_path, plan_path, s
                                split_artifact)
 from stages.core.runtime import log, setup_logging
 from stages.families import get_family
+from stages.check_params import family_settings, load_checked_stage_params
 from stages.params import Params, load_stage_params, stage_parser
 
 
@@ -42,7 +43,7 @@ def content_hash(path: Path) -> str:
 def inputs_hashes(params: Params, family_name: str, model: str) -> dict[str, str]:
     family = get_family(family_name)
     return {label: content_hash(p) for label, p in
-            family.plan_inputs(params.settings(family_name), params, model).items()}
+            family.plan_inputs(family_settings(params, family_name), params, model).items()}
 
 
 def export_plan(params: Params, artifact: str, role: str) -> dict:
@@ -67,7 +68,7 @@ def validate_plan(params: Params, artifact: str) -> dict:
     return {"artifact": artifact, "family": family, "targets": variant.targets,
             "npu": variant.npu.model_dump() if variant.npu else None,
             "common": common.model_dump(include={"inference_precision", "proxy_device", "emulate"}),
-            "settings": params.settings(family).model_dump(), "inputs": inputs_hashes(params, family, model),
+            "settings": family_settings(params, family).model_dump(), "inputs": inputs_hashes(params, family, model),
             "adapters": adapters_plan(params, model)}
 
 
@@ -76,7 +77,7 @@ def reference_plan(params: Params, model: str, built: set[str]) -> dict:
     family = params.family_of(model)
     if model not in built:
         return {"model": model, "family": family, "built": False}
-    return {"model": model, "family": family, "built": True, "settings": params.settings(family).model_dump(),
+    return {"model": model, "family": family, "built": True, "settings": family_settings(params, family).model_dump(),
             "inputs": inputs_hashes(params, family, model), "checkpoint": content_hash(source_manifest_path(model))}
 
 
@@ -96,7 +97,7 @@ def plans(params: Params) -> dict[Path, dict]:
 def main(argv=None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     setup_logging()
-    built = plans(load_stage_params(args, full=True))  # every input is hashed before anything is written
+    built = plans(load_checked_stage_params(args))  # every input is hashed before anything is written
     with atomic_dir(DATA / "plan") as tmp:
         for path, plan in built.items():
             write_json(tmp / path.relative_to(DATA / "plan"), plan)

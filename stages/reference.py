@@ -14,6 +14,7 @@ from stages.core.io import read_json, write_json
 from stages.core.paths import SOURCE, checkpoint_dir, plan_path, reference_path, source_outputs_dir
 from stages.core.runtime import REFERENCE_PACKAGES, log, setup_logging, software_versions
 from stages.families import get_family
+from stages.check_params import load_checked_stage_params
 from stages.params import Params, load_stage_params, stage_parser
 from stages.runner import make_context, save_outputs
 
@@ -45,7 +46,7 @@ def reference(params: Params, model: str) -> dict:
 def main(argv=None) -> None:
     args = stage_parser(__doc__, model=True).parse_args(argv)
     setup_logging()
-    reference(load_stage_params(args, full=True), args.model)
+    reference(load_checked_stage_params(args), args.model)
 
 
 if __name__ == "__main__":

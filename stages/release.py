@@ -25,6 +25,7 @@ from stages.core.paths import GATE_PATH, RELEASE, SOURCE, artifact_dir, referenc
 from stages.core.runtime import log, setup_logging
 from stages.core.schema import TinySource
 from stages.families import get_family
+from stages.check_params import family_settings, load_checked_stage_params
 from stages.params import Params, load_stage_params, stage_parser
 
 TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -107,7 +108,7 @@ def main_context(params: Params, gate: dict, artifact: str) -> dict:
     """Card context and release decision of a main artifact, from its validation record and gate rows."""
     model, variant = split_artifact(artifact)
     family = get_family(params.family_of(model))
-    settings = params.settings(family.name)
+    settings = family_settings(params, family.name)
     record = read_json(validation_path(artifact), "validation record")
     gated = gate["artifacts"].get(artifact, {})
     released, reason = release_decision(params, gate, artifact, record)
@@ -235,7 +236,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bundle", type=Path)
     args = ap.parse_args(argv)
     setup_logging()
-    manifest = release(load_stage_params(args, full=True))
+    manifest = release(load_checked_stage_params(args))
     if args.bundle:
         bundle(manifest, args.bundle)
     return 0

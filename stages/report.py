@@ -25,6 +25,7 @@ from stages.core.paths import (GATE_PATH, METRICS, RELEASE, REPORTS, SOURCE, art
 from stages.core.runtime import setup_logging
 from stages.core.schema import TinySource
 from stages.families import get_family
+from stages.check_params import family_settings, load_checked_stage_params
 from stages.params import Params, load_stage_params, stage_parser
 from stages.runner import CONTACT_SHEET
 
@@ -56,7 +57,7 @@ def verdict(gate: dict, release: dict) -> dict:
 
 def family_section(params: Params, gate: dict, family_name: str) -> dict:
     family = get_family(family_name)
-    settings = params.settings(family_name)
+    settings = family_settings(params, family_name)
     direct = [k for k in family.report_metrics(settings) if k not in family.comparison_metrics]
     compared = [f"{k} vs {a}" for a in (SOURCE, settings.reference) for k in family.comparison_metrics]
     rows = []
@@ -175,7 +176,7 @@ def plots(params: Params, gate: dict) -> list[dict]:
     figures, data = [], {"accuracy": [], "latency": []}
     for family_name in params.built_families():
         family = get_family(family_name)
-        accuracy = family.report_metrics(params.settings(family_name))[0]
+        accuracy = family.report_metrics(family_settings(params, family_name))[0]
         for kind, metric, perf in (("accuracy", accuracy, False), ("latency", family.latency_metric, True)):
             points = plot_points(params, gate, family_name, metric, perf)
             data[kind] += points
@@ -235,7 +236,7 @@ def context(params: Params) -> dict:
 def main(argv=None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     setup_logging()
-    ctx = context(load_stage_params(args, full=True))
+    ctx = context(load_checked_stage_params(args))
     markdown = TEMPLATES.get_template("report.md.j2").render(**ctx)
     write_text(SUMMARY_PATH, markdown)
     write_text(HTML_PATH, TEMPLATES.get_template("report.html.j2").render(**ctx))

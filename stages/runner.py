@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from stages.check_params import family_settings
 from stages.core.io import atomic_dir, read_json, write_bytes, write_json
 from stages.core.paths import adapter_dir, checkpoint_dir
 from stages.families.base import AdapterRun, Family, RunContext, Validation
@@ -28,7 +29,7 @@ def scorer_dirs(params) -> dict[str, Path]:
 
 def make_context(params, family: Family, model: str, precision: Optional[str] = None,
                  adapters: Optional[list[AdapterRun]] = None, device_config: Optional[dict] = None) -> RunContext:
-    return RunContext(params.settings(family.name), precision or params.validate_.inference_precision, model=model,
+    return RunContext(family_settings(params, family.name), precision or params.validate_.inference_precision, model=model,
                       adapters=adapter_runs(params, model) if adapters is None else adapters,
                       device_config=device_config or {}, scorers=scorer_dirs(params))
 

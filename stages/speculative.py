@@ -17,6 +17,7 @@ from stages.core.io import read_json, write_json
 from stages.core.paths import artifact_dir, pair_metrics_path, pair_performance_path, pairing_dir
 from stages.core.runtime import available_devices, device_name, device_present, log, setup_logging
 from stages.families.llm import speculative_settings, speculative_sweep
+from stages.check_params import load_checked_stage_params
 from stages.params import Params, load_stage_params, stage_parser
 
 ACCURACY = ("output_match", "acceptance_rate", "draft_share", "accepted_tokens", "proposed_tokens", "mismatches")
@@ -100,7 +101,7 @@ def main(argv=None) -> None:
     ap.add_argument("--speed", action="store_true", help="measure TPOT / throughput (perf/dvc.yaml)")
     args = ap.parse_args(argv)
     setup_logging()
-    validate_pair(load_stage_params(args, full=True), args.pair, args.speed)
+    validate_pair(load_checked_stage_params(args), args.pair, args.speed)
 
 
 if __name__ == "__main__":

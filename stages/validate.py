@@ -26,6 +26,7 @@ from stages.core.runtime import RUNTIME_PACKAGES, available_devices, device_pres
     software_versions
 from stages.families import get_family
 from stages.families.base import RunContext, Validation
+from stages.check_params import family_settings, load_checked_stage_params
 from stages.params import Params, load_params, load_stage_params, stage_parser
 from stages.runner import adapter_runs, make_context, write_outputs
 
@@ -117,8 +118,8 @@ def adhoc(ir: Path, device: str, text_file: Path, params_path: str) -> dict:
     context_length, max_tokens, precision = 512, 2048, "f32"
     if Path(params_path).is_file():
         p = load_params(params_path)
-        if p.settings("llm") is not None:
-            context_length, max_tokens = p.settings("llm").context_length, p.settings("llm").max_tokens
+        if family_settings(p, "llm") is not None:
+            context_length, max_tokens = family_settings(p, "llm").context_length, family_settings(p, "llm").max_tokens
         precision = p.validate_.inference_precision
     ppl = perplexity(ir, text_file.read_text(), device, precision, context_length, max_tokens)
     return {"artifact": str(ir), "device": device, "status": "validated", "inference_precision": precision,
@@ -140,7 +141,7 @@ def main(argv=None) -> None:
         return
     if not args.artifact:
         raise BuildError("give --artifact MODEL/VARIANT (pipeline) or --ir DIR --text FILE (ad hoc)")
-    validate(load_stage_params(args, full=True), args.artifact)
+    validate(load_checked_stage_params(args), args.artifact)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def project(tmp_path, tiny_checkpoint, monkeypatch):
 
 def prepare(root: Path, *stages: str) -> None:
     """The stages every artifact needs before export: params check, data sets, fetch, plan."""
-    for args in [("stages.params", "--check"), ("stages.evalsets",), ("stages.speechsets",)] + \
+    for args in [("stages.check_params", "--check"), ("stages.evalsets",), ("stages.speechsets",)] + \
             [("stages.fetch", "--model", m) for m in yaml.safe_load((root / "params.yaml").read_text())["models"]] + \
             [("stages.plan",)] + [tuple(s.split()) for s in stages]:
         run_stage(*args, cwd=root)

@@ -6,6 +6,7 @@ import yaml
 from stages.core.errors import BuildError
 from stages.core.recipe import postcheck, precheck_group_size, recipe_problems
 from stages.core.schema import Variant
+from stages.check_params import load_checked
 from stages.params import load_params
 from tests.conftest import assert_nothing_written, prepare, run_stage, write_params
 
@@ -65,7 +66,7 @@ def test_failed_export_leaves_nothing(built, monkeypatch):
 
     shutil.rmtree(fetched / "models/tiny/int8")
     with pytest.raises(RuntimeError, match="export interrupted"):
-        export_stage.export(load_params(full=True), "tiny/int8")
+        export_stage.export(load_checked(), "tiny/int8")
     assert not (fetched / "models/tiny/int8").exists()
     assert not list((fetched / "models/tiny").glob(".*tmp*"))
 
@@ -117,13 +118,13 @@ def test_tokenizer_ir_that_differs_from_the_hf_tokenizer_fails_export(built):
     try:
         with pytest.raises(BuildError, match=r"tokenizer IR differs from the HF tokenizer on 1 probe\(s\); first: "
                                              r"encode of '\\n\\n   1.' differs at token 1"):
-            export_stage.export(load_params(full=True), "tiny/int8")
+            export_stage.export(load_checked(), "tiny/int8")
         assert (fetched / "models/tiny/int8/manifest.json").is_file()  # the previous export stays as it was
         assert not list((fetched / "models/tiny").glob(".*tmp*"))
         params = yaml.safe_load((fetched / "params.yaml").read_text())
         params["models"]["tiny"]["tokenizer_parity"] = "record"
         write_params(fetched, params)
-        manifest = export_stage.export(load_params(full=True), "tiny/int8")
+        manifest = export_stage.export(load_checked(), "tiny/int8")
         assert manifest["tokenizer_parity"]["share"] == 0.9
     finally:
         mp.undo()

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from stages import gate
+from stages.check_params import load_checked
 from stages.params import load_params
 from tests.conftest import run_stage, write_params
 
@@ -52,7 +53,7 @@ def set_rules(project, rules, **gate_settings):
 
 
 def rows_for(artifact=None, full=True):
-    rows, _ = gate.evaluate(load_params(full=full))
+    rows, _ = gate.evaluate(load_checked() if full else load_params())
     return [r for r in rows if artifact is None or r.artifact == artifact]
 
 
@@ -106,7 +107,7 @@ def test_a_rule_pattern_that_matches_nothing_fails_naming_it(validated):
     rules = yaml.safe_load((validated / "params.yaml").read_text())["gate"]["rules"]
     set_rules(validated, rules + [{"family": "llm", "metric": "perplexity@*", "min": 0.1}])
     with pytest.raises(Exception, match=r"gate.rules.3.metric: 'perplexity@\*' matches no metric of llm"):
-        load_params(full=True)
+        load_checked()
     (row,) = [r for r in rows_for(full=False) if r.artifact == "rule:llm"]
     assert row.status == "fail" and row.metric == "perplexity@*" and "matches no metric" in row.note
 

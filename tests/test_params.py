@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from stages.core.errors import BuildError
+from stages.check_params import load_checked
 from stages.params import load_params
 from tests.conftest import REPO, assert_nothing_written, run_stage, scaffold, tiny_params, write_params
 
@@ -15,12 +16,12 @@ CONFIGS = ["params.yaml", "configs/hub-models.yaml", "configs/image-models.yaml"
 
 @pytest.mark.parametrize("params_file", CONFIGS)
 def test_shipped_params_and_configs_validate(params_file):
-    params = load_params(REPO / params_file, full=True)
+    params = load_checked(REPO / params_file)
     assert params.build and params.built_families()
 
 
 def test_hub_config_is_all_hub_and_pinned():
-    hub = load_params(REPO / "configs" / "hub-models.yaml", full=True)
+    hub = load_checked(REPO / "configs" / "hub-models.yaml")
     assert all(m.source.type == "hub" for m in hub.models.values())
 
 
@@ -31,7 +32,7 @@ def base(tmp_path):
 
 def error_for(tmp_path, params, full=True) -> str:
     with pytest.raises(BuildError) as e:
-        load_params(write_params(tmp_path, params), full=full)
+        (load_checked if full else load_params)(write_params(tmp_path, params))
     assert "\n" not in str(e.value).strip() or str(e.value).count(str(tmp_path)) > 1, str(e.value)
     return str(e.value)
 
@@ -147,7 +148,7 @@ def test_cli_prints_one_line_per_problem(tmp_path, base):
 def test_debug_switch_prints_the_traceback(tmp_path, base):
     base["variants"]["int8"]["bogus"] = 1
     path = write_params(tmp_path, base)
-    proc = subprocess.run([sys.executable, "-m", "stages.params", str(path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "stages.check_params", str(path)], capture_output=True, text=True,
                           cwd=tmp_path, env={**__import__("os").environ, "OVBUILD_DEBUG": "1"})
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "bogus: unknown key" in proc.stderr
 
@@ -191,7 +192,7 @@ def test_draft_and_pair_references(tmp_path, base):
     base["gate"]["rules"].append({"family": "speculative", "metric": "tpot_speedup", "min": 1.5})
     assert "gate.rules.4.metric: 'tpot_speedup' matches no pair metric" in error_for(tmp_path, base)
     base["gate"]["rules"].pop()
-    assert load_params(write_params(tmp_path, base), full=True).pairs["p"].draft == "d1/int8"
+    assert load_checked(write_params(tmp_path, base)).pairs["p"].draft == "d1/int8"
 
 
 def test_release_mode_cannot_accept_emulation(tmp_path, base):
