@@ -12,8 +12,9 @@ setup:
 
 all: setup repro
 
+# -P: the root pipeline (build, validate, gate, release) and perf/ (timings, report)
 repro:
-	$(VENV)/dvc repro
+	$(VENV)/dvc repro -P
 	cat reports/summary.md
 	@$(VENV)/python -c "import json; m = json.load(open('release/manifest.json')); \
 	  print(f\"release/: {m['released']} released, {m['withheld']} withheld (gate mode {m['gate_mode']})\")"

@@ -32,6 +32,7 @@ def image_params(tmp_path) -> dict:
         {"family": "text2image", "metric": "ssim", "variants": ["fp16"], "against": "source", "min": 0.9},
         {"family": "text2image", "metric": "ssim", "variants": ["int8"], "min": 0.5},
         {"family": "text2image", "metric": "clip_score", "max_decrease": 5},
+        {"family": "vlm", "metric": "answer_similarity", "variants": ["fp16"], "against": "source", "min": 0.5},
         {"family": "vlm", "metric": "answer_similarity", "variants": ["int8"], "min": 0.5},
     ]
     return p

@@ -52,7 +52,9 @@ def test_switching_a_b_blend_none_matches_peft(lora_setup):
     root, checkpoint, a, b = lora_setup
     run_a, run_b = runs(a, b)
     windows = eval_windows(root / "fp16", EVAL_TEXT, 64, 256)
-    pipe = adapter_pipeline(root / "fp16", "CPU", "f32", [run_a, run_b])
+    from stages.families.base import RunContext
+
+    pipe = adapter_pipeline(root / "fp16", "CPU", RunContext(None, "f32"), [run_a, run_b])
     ppl = {label: pipeline_perplexity(pipe, windows, config, label) for label, config in [
         ("none", ov_genai.AdapterConfig()), ("a", run_a.config()), ("b", run_b.config()),
         ("blend", ov_genai.AdapterConfig([(run_a.adapter(), 1.0), (run_b.adapter(), 0.5)])),
@@ -73,11 +75,12 @@ def test_switching_a_b_blend_none_matches_peft(lora_setup):
 def test_generate_switches_per_call(lora_setup):
     import openvino_genai as ov_genai
 
+    from stages.families.base import RunContext
     from stages.families.llm import generate
 
     root, _, a, b = lora_setup
     prompts = ["Paris is", "def main():", "The quick brown fox"]
-    replies = generate(root / "fp16", prompts, "CPU", "f32", 12, runs(a, b))
+    replies, _ = generate(root / "fp16", prompts, "CPU", RunContext(None, "f32"), 12, runs(a, b))
     assert set(replies) == {"none", "a", "b"}
     plain = ov_genai.LLMPipeline(str(root / "fp16"), "CPU", INFERENCE_PRECISION_HINT="f32")
     config = ov_genai.GenerationConfig(max_new_tokens=12, do_sample=False)
@@ -112,7 +115,7 @@ def test_trained_adapter_through_the_pipeline(lora_project):
     manifest = json.loads((project / "models/adapters/tiny-lora/manifest.json").read_text())
     assert manifest["alpha"] == 2.0 and manifest["lora_modules"] == 4  # q_proj + v_proj in 2 layers
     assert manifest["training"]["steps"] == 4 and manifest["reference"]["perplexity"] > 0
-    metrics = json.loads((project / "metrics/validate/tiny/fp16.json").read_text())["metrics"]
+    metrics = json.loads((project / "metrics/validate/tiny/fp16.json").read_text())["devices"]["CPU"]["metrics"]
     assert metrics["effect_pct@tiny-lora"] > 0.01
     assert metrics["peft_delta_pct@tiny-lora"] < 0.5
     assert metrics["perplexity@none"] == pytest.approx(metrics["perplexity"], rel=1e-4)

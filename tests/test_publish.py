@@ -84,7 +84,7 @@ def host_a(tmp_path_factory, tiny_checkpoint):
     text.write_text(EVAL_TEXT)
     params = tiny_params(tiny_checkpoint, text)
     params["variants"] = {k: v for k, v in params["variants"].items() if k in VARIANTS}
-    params["llm"]["variants"] = VARIANTS
+    params["build"] = [f"tiny/{v}" for v in VARIANTS]
     params["gate"]["rules"] = [r for r in params["gate"]["rules"] if set(r.get("variants", [])) <= set(VARIANTS)]
     repo = base / "A"
     repo.mkdir()
@@ -93,7 +93,7 @@ def host_a(tmp_path_factory, tiny_checkpoint):
     dvc("config", "core.analytics", "false", cwd=repo)
 
     out = dvc("repro", cwd=repo, env=host_env(devices=""))
-    assert {"fetch@tiny", "export-llm@tiny-fp16", "export-llm@tiny-int4", "validate-llm@tiny-fp16"} <= ran(out)
+    assert {"fetch@tiny", "export@tiny/fp16", "export@tiny/int4", "validate@tiny/fp16"} <= ran(out)
     assert read_json(repo / "data/devices.json")["devices"] == {}
 
     remote = base / "remote"
@@ -118,8 +118,8 @@ def test_two_clones_share_one_remote(host_a):
     dvc("pull", cwd=b)
     dvc("pull", "--run-cache", cwd=b)
     stages = ran(dvc("repro", cwd=b))
-    assert not {s for s in stages if s.startswith(("fetch@", "export-llm@"))}, stages
-    assert {"devices", "validate-llm@tiny-fp16", "validate-llm@tiny-int4", "gate"} <= stages
+    assert not {s for s in stages if s.startswith(("fetch@", "export@", "reference@"))}, stages
+    assert {"devices", "validate@tiny/fp16", "validate@tiny/int4", "gate"} <= stages
     b_record = read_json(b / "metrics/validate/tiny/fp16.json")
     assert b_record["status"] == "validated"
     assert b_record["devices"]["CPU"]["status"] == "validated"
@@ -152,11 +152,11 @@ def test_two_clones_share_one_remote(host_a):
     # stage. Cross-host reuse of validation therefore goes through a committed dvc.lock (host C), not the
     # run-cache. If this starts failing, DVC restores uncached outputs across hosts now: update this comment.
     fp16_metrics = "metrics/validate/tiny/fp16.json"
-    b_metrics_md5 = lock_md5(b, "validate-llm@tiny-fp16", fp16_metrics)
-    b_outputs_md5 = lock_md5(b, "validate-llm@tiny-fp16", "outputs/tiny/fp16")
+    b_metrics_md5 = lock_md5(b, "validate@tiny/fp16", fp16_metrics)
+    b_outputs_md5 = lock_md5(b, "validate@tiny/fp16", "outputs/tiny/fp16")
     runs = [yaml.safe_load(p.read_text()) for p in (remote / "runs").rglob("*") if p.is_file()]
     b_runs = [r for r in runs if any(o["path"] == fp16_metrics and o["md5"] == b_metrics_md5 for o in r["outs"])]
-    assert b_runs, "B's validate-llm@tiny-fp16 run is not in the remote's run-cache"
+    assert b_runs, "B's validate@tiny/fp16 run is not in the remote's run-cache"
     assert remote_object(remote, b_outputs_md5).is_file()  # the cached output of that run was pushed ...
     assert not remote_object(remote, b_metrics_md5).exists()  # ... its cache: false metrics were not
 
@@ -164,9 +164,9 @@ def test_two_clones_share_one_remote(host_a):
     run(["git", "clone", "-q", str(host_a), str(d)], base)
     dvc("pull", "--run-cache", cwd=d)
     assert read_json(d / fp16_metrics)["status"] == "not_validated"  # A's record, from git
-    out = dvc("repro", "validate-llm@tiny-fp16", cwd=d)
+    out = dvc("repro", "validate@tiny/fp16", cwd=d)
     assert "is cached - skipping run" not in out
-    assert ran(out) == {"devices", "validate-llm@tiny-fp16"}
+    assert ran(out) == {"devices", "validate@tiny/fp16"}
     assert read_json(d / "data/devices.json") == read_json(b / "data/devices.json")  # same run-cache key as B
     assert read_json(d / fp16_metrics)["status"] == "validated"
 
@@ -206,8 +206,8 @@ def test_queue_of_two_experiments(host_a):
     logs = {n: dvc("queue", "logs", n, cwd=repo, check=False) for n in names}
     assert statuses == {n: "Success" for n in names}, "\n".join(f"--- {n}\n{log}" for n, log in logs.items())
     for name in names:  # the queue ran from the committed build: only the int4 chain re-ran
-        assert ran(logs[name]) == {"devices", "export-llm@tiny-int4", "validate-llm@tiny-int4", "gate", "report",
-                                   "release"}, logs[name]
+        assert ran(logs[name]) == {"params", "plan", "devices", "export@tiny/int4", "validate@tiny/int4",
+                                   "gate", "release"}, logs[name]
 
     shown = json.loads(dvc("exp", "show", "--json", cwd=repo))
     exps = {e["name"]: e["revs"][0] for row in shown for e in (row.get("experiments") or [])}
@@ -219,7 +219,7 @@ def test_queue_of_two_experiments(host_a):
         assert data["params"]["params.yaml"]["data"]["variants"]["int4"]["group_size"] == group_size
         assert data["metrics"]["metrics/validate/tiny/int4.json"]["data"]["status"] == "validated"
         int4_dirs.add(data["outs"]["models/tiny/int4"]["hash"])
-        assert data["outs"]["models/tiny/fp16"]["hash"] == lock_md5(repo, "export-llm@tiny-fp16", "models/tiny/fp16")
+        assert data["outs"]["models/tiny/fp16"]["hash"] == lock_md5(repo, "export@tiny/fp16", "models/tiny/fp16")
     assert len(int4_dirs) == 2  # two different int4 artifacts
 
     for name, group_size in names.items():

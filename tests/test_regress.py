@@ -11,6 +11,8 @@ import subprocess
 
 import pytest
 
+from stages.core.errors import BuildError
+
 from stages import regress
 from tests.conftest import EVAL_TEXT, run_stage, scaffold, tiny_params, write_params
 
@@ -158,7 +160,7 @@ def test_fnmatch_rule_covers_every_wer(repo):
     assert regress.main([]) == 1
     rows = {k[2]: r for k, r in rows_by_key(repo).items() if k[0] == "whisper-tiny/fp16"}
     assert set(rows) == {"wer_librivox", "wer_cards"}  # rtf: no rule; perplexity rule is llm-only
-    assert rows["wer_librivox"]["status"] == "pass" and rows["wer_librivox"]["allowed"] == "+0.02"
+    assert rows["wer_librivox"]["status"] == "pass" and rows["wer_librivox"]["allowed"] == "+0.02 vs baseline"
     assert rows["wer_cards"]["status"] == "fail"
 
 
@@ -166,7 +168,7 @@ def test_decrease_bound(repo):
     write_gate(repo, changed({"pair:spec": {"CPU": {"acceptance_rate": 0.5}}}))
     assert regress.main([]) == 1
     row = rows_by_key(repo)[("pair:spec", "CPU", "acceptance_rate")]
-    assert row["status"] == "fail" and row["allowed"] == "-10%" and "-16.67%" in row["note"]
+    assert row["status"] == "fail" and row["allowed"] == "-10% vs baseline" and "-16.67%" in row["note"]
 
 
 def test_unknown_or_empty_baseline_is_one_clear_error(repo):
@@ -185,7 +187,7 @@ def test_older_gate_format_baseline_is_refused(repo):
         "tiny/fp16": {"status": "validated", "metrics": {"perplexity": 20.0}}}}))
     commit(repo, "old format")
     write_gate(repo, STATE_A)
-    with pytest.raises(SystemExit, match="baseline revision 'HEAD': metrics/gate.json has no per-artifact"):
+    with pytest.raises(BuildError, match="baseline revision 'HEAD': metrics/gate.json has no per-artifact"):
         regress.main([])
 
 
