@@ -140,7 +140,7 @@ def test_text2image_lora_switched_per_call(image_project, tmp_path):
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    from stages.families.base import AdapterRun
+    from stages.families.base import AdapterRun, RunContext
     from stages.families.text2image import generate_image, image_pipeline
     from stages.families.text2image import Text2ImageSettings as Text2ImageValidation
 
@@ -153,10 +153,10 @@ def test_text2image_lora_switched_per_call(image_project, tmp_path):
     lora = AdapterRun("style", tmp_path / "style.safetensors", 0.2)
     s = Text2ImageValidation(prompts="-", clip_model="-", width=64, height=64, num_inference_steps=3)
     artifact = image_project / "models/tiny-sd/fp16"
-    pipe = image_pipeline(artifact, "CPU", "f32", [lora])
+    pipe = image_pipeline(artifact, "CPU", RunContext(None, "f32"), [lora])
     none, styled, stronger, none_again = (np.asarray(generate_image(pipe, "a red car", 3, s, cfg)) for cfg in (
         ov_genai.AdapterConfig(), lora.config(), lora.config(alpha=0.6), ov_genai.AdapterConfig()))
-    plain = np.asarray(generate_image(image_pipeline(artifact, "CPU", "f32", []), "a red car", 3, s))
+    plain = np.asarray(generate_image(image_pipeline(artifact, "CPU", RunContext(None, "f32"), []), "a red car", 3, s))
     assert np.array_equal(none, plain) and np.array_equal(none_again, plain)
     weak, strong = (np.abs(x.astype(int) - plain).mean() for x in (styled, stronger))
     assert 0 < weak < strong, (weak, strong)

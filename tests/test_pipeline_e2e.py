@@ -48,3 +48,26 @@ def test_moving_a_built_clone_keeps_dvc_status_clean(built, tmp_path):
     status = dvc("status", cwd=moved)
     assert status.strip() in ("Data and pipelines are up to date.", "devices:\n\tchanged deps:\n\t\tmodified:  "
                               "always_changed") or "always changed" in status, status
+
+
+def locked_outputs(root) -> dict[tuple[str, str], str]:
+    """(stage, output path) -> md5, as dvc.lock records them."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    return {(stage, out["path"]): out.get("md5") for stage, entry in lock.items() for out in entry.get("outs", [])}
+
+
+def test_two_folders_build_identical_bytes(built, tmp_path_factory, tiny_checkpoint):
+    """The same params built from scratch in another folder: every stage's outputs hash identically (no path,
+    time, host or PID in any output; seeded, deterministic builders)."""
+    from tests.conftest import scaffold
+
+    dvc("repro", cwd=built)
+    params = yaml.safe_load((built / "params.yaml").read_text())
+    other = tmp_path_factory.mktemp("second-folder") / "somewhere" / "else"
+    other.mkdir(parents=True)
+    scaffold(other, params)
+    dvc("repro", cwd=other)
+    first, second = locked_outputs(built), locked_outputs(other)
+    assert first.keys() == second.keys()
+    differing = sorted(k for k in first if first[k] != second[k])
+    assert not differing, differing

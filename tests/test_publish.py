@@ -94,7 +94,7 @@ def host_a(tmp_path_factory, tiny_checkpoint):
 
     out = dvc("repro", cwd=repo, env=host_env(devices=""))
     assert {"fetch@tiny", "export@tiny/fp16", "export@tiny/int4", "validate@tiny/fp16"} <= ran(out)
-    assert read_json(repo / "data/devices.json")["devices"] == {}
+    assert read_json(repo / "data/devices.json")["devices"] == []
 
     remote = base / "remote"
     dvc("remote", "add", "-d", "shared", str(remote), cwd=repo)
