@@ -27,6 +27,7 @@ publish:
 	$(VENV)/dvc push && $(VENV)/dvc push --run-cache
 
 test: setup
+	$(VENV)/ruff check .
 	HF_HUB_OFFLINE=1 $(VENV)/python -m pytest -q --durations=12
 
 bench: setup

@@ -1,10 +1,13 @@
 """Speculative decoding speedup table, measured side by side in one run: each main alone vs main + each of its
 drafts, over several `num_assistant_tokens`, with acceptance rates.
 
-    python benchmarks/speculative_speed.py [--k 1 2 3 4 5] [--max-new-tokens 64] [--device CPU]
+    python benchmarks/speculative_speed.py [--params params.yaml] [--k 1 2 3 4 5] [--thresholds 0.3]
+                                           [--max-new-tokens 64] [--device CPU] [--pair NAME ...]
 
-Needs `dvc repro` to have built the pairs of params.yaml (models/pairs/<pair>/pairing.json). Refused pairs are
-listed and skipped. Speedup = TPOT of the main alone / TPOT with the draft (> 1 means the draft helps).
+Needs `dvc repro` to have built the pairs of params.yaml (models/pairs/<pair>/pairing.json; run from the pipeline
+root). Refused pairs are listed and skipped. Each pair runs stages.families.llm.speculative_sweep on the pair's
+prompts (validate.speculative, or the pair's own prompt set) at validate.inference_precision, main and draft both
+on --device. Speedup = TPOT of the main alone / TPOT with the draft (> 1 means the draft helps).
 """
 from __future__ import annotations
 
@@ -13,36 +16,56 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from stages.common import read_json
-from stages.families.llm import speculative_sweep
-from stages.pair import pairing_dir
+from stages.core.errors import BuildError
+from stages.core.io import read_json
+from stages.core.paths import pairing_dir
+from stages.families.llm import speculative_settings, speculative_sweep
 from stages.params import load_params
+from stages.speculative import prompts_for
 
 
-def main() -> None:
+def number(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="num_assistant_tokens values")
+    ap.add_argument("--thresholds", type=float, nargs="*", default=[],
+                    help="assistant_confidence_threshold values, swept after --k")
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--device", default="CPU")
-    args = ap.parse_args()
-    params = load_params()
-    settings = params.validate_settings
+    ap.add_argument("--device", default="CPU", help="device of the main and of the draft")
+    ap.add_argument("--pair", nargs="+", default=None, help="only these pairs (default: every pair in params)")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    if not params.pairs:
+        raise SystemExit(f"{args.params}: no pairs")
+    unknown = [p for p in args.pair or [] if p not in params.pairs]
+    if unknown:
+        raise SystemExit(f"--pair: not in {args.params}: {', '.join(unknown)} (pairs: {', '.join(params.pairs)})")
+    config = {"INFERENCE_PRECISION_HINT": params.validate_.inference_precision}
+    settings = speculative_settings(args.k, args.thresholds)
     rows = []
-    for name in params.pairs:
-        pairing = read_json(pairing_dir(name) / "pairing.json")
+    for name in args.pair or params.pairs:
+        try:
+            pairing = read_json(pairing_dir(name) / "pairing.json", f"pairing (run `dvc repro pair@{name}`)")
+        except BuildError as e:
+            raise SystemExit(str(e)) from None
         if pairing["status"] != "paired":
             print(f"{name}: {pairing['status']} ({pairing['tokenizer_check']['problems'][0]})")
             continue
         run = speculative_sweep(Path(pairing["main"]["path"]), Path(pairing["draft"]["path"]), args.device,
-                                args.device, settings.inference_precision, settings.speculative.prompts,
-                                args.max_new_tokens, args.k, [])
+                                args.device, config, prompts_for(params, name), args.max_new_tokens, settings)
         rows.append([name, "main alone", "-", "-", f"{run['baseline']['tpot_ms']:.1f}", "1.00", "1.00", "-"])
         for s in run["sweep"]:
-            rows.append([name, pairing["draft"]["model"], s["num_assistant_tokens"], f"{s['acceptance_rate']:.3f}",
+            setting = s.get("num_assistant_tokens") or f"confidence {s['assistant_confidence_threshold']}"
+            rows.append([name, pairing["draft"]["model"], setting, number(s["acceptance_rate"], ".3f"),
                          f"{s['tpot_ms']:.1f}", f"{s['tpot_speedup']:.2f}", f"{s['throughput_ratio']:.2f}",
                          f"{s['output_match']:.2f}"])
     print(tabulate(rows, headers=["pair", "draft", "num_assistant_tokens", "acceptance", "TPOT ms", "TPOT speedup",
-                                  "throughput ratio", "output match"], tablefmt="github"))
+                                  "throughput ratio", "output match"], tablefmt="github",
+                   disable_numparse=True))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
-"""Transcribe one speech set with the int8 IR through WhisperPipeline and with the transformers fp32 model.
+"""Transcribe one speech set with an IR through WhisperPipeline and with the transformers fp32 model, in one run.
 
-    python benchmarks/whisper_speed.py [--model whisper-tiny-en] [--variant int8] [--speech-set flite-slt]
+    python benchmarks/whisper_speed.py [--params params.yaml] [--model whisper-tiny-en] [--variant int8]
+                                       [--speech-set flite-slt] [--limit N] [--device CPU]
 
-Needs `dvc repro` to have built models/<model>/{checkpoint,<variant>} and data/speech. Prints the wall time of
-each engine on the same audio, their ratio (goal: OpenVINO >= 3x) and both WERs.
+Needs `dvc repro` to have built models/<model>/{checkpoint,<variant>} and data/speech (run from the pipeline root).
+Both engines run as the validate / reference stages run them (stages.families.whisper.whisper_pipeline and
+TorchWhisper, with validate.whisper's language, task and max_new_tokens; inference precision from
+validate.inference_precision). Prints the wall time of each engine on the same audio (loading and one warm-up
+excluded), their ratio (goal: OpenVINO >= 3x), the real-time factor and both WERs.
 """
 from __future__ import annotations
 
@@ -11,59 +15,65 @@ import argparse
 import time
 from pathlib import Path
 
-from stages.common import artifact_dir, checkpoint_dir
-from stages.families.whisper import error_rates, whisper_pipeline
+from stages.check_params import family_settings
+from stages.core.errors import BuildError
+from stages.core.metrics import error_rates
+from stages.core.paths import artifact_dir, checkpoint_dir
+from stages.core.speech import SAMPLE_RATE, load_audio, speech_set
+from stages.families.base import RunContext
+from stages.families.whisper import TorchWhisper, whisper_pipeline
 from stages.params import load_params
-from stages.speechsets import SAMPLE_RATE, load_audio, read_manifest, speech_set_dir
 
 
-def run_openvino(artifact: Path, audios, settings, precision: str) -> tuple[float, list[str]]:
-    pipe, config = whisper_pipeline(artifact, "CPU", precision, settings)
-    pipe.generate(audios[0].tolist(), config)  # warm-up
-    start = time.perf_counter()
-    texts = [pipe.generate(a.tolist(), config).texts[0] for a in audios]
-    return time.perf_counter() - start, texts
-
-
-def run_transformers(checkpoint: Path, audios, settings) -> tuple[float, list[str]]:
-    import torch
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    processor = WhisperProcessor.from_pretrained(checkpoint)
-    model = WhisperForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    kwargs = {"max_new_tokens": settings.max_new_tokens}
-    if model.generation_config.is_multilingual:
-        kwargs |= {"language": settings.language, "task": settings.task}
-
-    def transcribe(audio):
-        features = processor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
-        with torch.inference_mode():
-            ids = model.generate(features, **kwargs)
-        return processor.batch_decode(ids, skip_special_tokens=True)[0]
-
+def timed(transcribe, audios) -> tuple[float, list[str]]:
+    """Wall time of transcribing every clip (after one warm-up transcription) and the transcripts."""
     transcribe(audios[0])  # warm-up
     start = time.perf_counter()
     texts = [transcribe(a) for a in audios]
     return time.perf_counter() - start, texts
 
 
-def main() -> None:
+def run_openvino(artifact: Path, audios, device: str, ctx: RunContext) -> tuple[float, list[str]]:
+    pipe, config = whisper_pipeline(artifact, device, ctx)
+    return timed(lambda audio: pipe.generate(audio.tolist(), config).texts[0].strip(), audios)
+
+
+def run_transformers(checkpoint: Path, audios, settings) -> tuple[float, list[str]]:
+    return timed(TorchWhisper(checkpoint, settings).transcribe, audios)
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--model", default="whisper-tiny-en")
     ap.add_argument("--variant", default="int8")
     ap.add_argument("--speech-set", default="flite-slt")
-    args = ap.parse_args()
-    params = load_params()
-    settings = params.validate_settings.whisper
-    entries = read_manifest(speech_set_dir(args.speech_set) / "manifest.jsonl")
-    audios = [load_audio(Path(e["audio"]), SAMPLE_RATE) for e in entries]
+    ap.add_argument("--limit", type=int, default=None, help="only the first N utterances")
+    ap.add_argument("--device", default="CPU", help="OpenVINO device for WhisperPipeline")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    settings = family_settings(params, "whisper")
+    if settings is None:
+        raise SystemExit(f"{args.params}: no validate.whisper section")
+    checkpoint, artifact = checkpoint_dir(args.model), artifact_dir(f"{args.model}/{args.variant}")
+    for folder in (checkpoint, artifact):
+        if not folder.is_dir():
+            raise SystemExit(f"{folder}: not built (run `dvc repro` first)")
+    try:
+        entries = speech_set(args.speech_set)[:args.limit]
+        audios = [load_audio(Path(e["audio"]), SAMPLE_RATE) for e in entries]
+    except BuildError as e:
+        raise SystemExit(str(e)) from None
+    if not audios:
+        raise SystemExit(f"--limit {args.limit}: no utterances left")
     refs = [e["text"] for e in entries]
     seconds = sum(len(a) for a in audios) / SAMPLE_RATE
     print(f"{len(audios)} utterances ({seconds:.0f} s of audio) from '{args.speech_set}'")
-    rows = [("transformers fp32", *run_transformers(checkpoint_dir(args.model), audios, settings))]
-    precision = params.validate_settings.inference_precision
+    rows = [("transformers fp32", *run_transformers(checkpoint, audios, settings))]
+    precision = params.validate_.inference_precision
     rows.append((f"WhisperPipeline {args.variant} IR, {precision}",
-                 *run_openvino(artifact_dir(args.model, args.variant), audios, settings, precision)))
+                 *run_openvino(artifact, audios, args.device,
+                               RunContext(settings, precision, model=args.model))))
     base = rows[0][1]
     print(f"{'engine':40s} {'wall s':>8s} {'speedup':>8s} {'RTF':>7s} {'WER':>7s}")
     for name, wall, texts in rows:

@@ -4,7 +4,13 @@
 line). The JSON Schema is what `python -m stages.check_params --json-schema` prints (the shared sections)."""
 from __future__ import annotations
 
-import inspect, io, json, re, sys, tokenize, typing  # noqa: E401
+import inspect  # noqa: E401
+import io
+import json
+import re
+import sys
+import tokenize
+import typing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from stages.check_params import family_settings
 from stages.core.determinism import deterministic_torch
 from stages.core.errors import BuildError, run_stage, user_input
 from stages.core.io import atomic_dir, sha256_file, write_json
@@ -21,7 +22,6 @@ from stages.core.recipe import checkpoint_weight_shapes
 from stages.core.runtime import log, setup_logging
 from stages.core.schema import Adapter, AdapterFile, AdapterHub, AdapterTraining
 from stages.core.textdata import calibration_text, eval_text
-from stages.check_params import family_settings
 from stages.params import Params, load_stage_params, stage_parser
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -76,7 +76,7 @@ def train(source: AdapterTraining, checkpoint: Path, out: Path) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=source.learning_rate)
     model.train()
     losses = []
-    for step in (bar := tqdm(range(source.steps), desc="train LoRA", unit="step")):
+    for _ in (bar := tqdm(range(source.steps), desc="train LoRA", unit="step")):
         batch = windows[torch.randint(len(windows), (source.batch_size,))]
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()

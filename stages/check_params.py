@@ -20,8 +20,7 @@ from stages.core.errors import BuildError, run_stage
 from stages.core.io import write_text
 from stages.core.thresholds import bounds_of, relative
 from stages.families import FAMILIES, get_family
-from stages.params import (CHECKED_PATH, NOT_A_FAMILY, SPECULATIVE, Params, format_errors, load_params,
-                           load_stage_params)
+from stages.params import CHECKED_PATH, NOT_A_FAMILY, SPECULATIVE, Params, format_errors, load_params, load_stage_params
 
 
 def family_settings(params: Params, family: str):

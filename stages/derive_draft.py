@@ -78,8 +78,8 @@ def main_replies(teacher, tokenizer, text: str, cfg: Distillation, batch: int = 
 
 def mean_kl(teacher, student, batch, temperature: float):
     """Token-averaged KL(teacher || student) at `temperature`, scaled by T^2 (Hinton et al.)."""
-    import torch.nn.functional as F
     import torch
+    import torch.nn.functional as F
 
     with torch.no_grad():
         target = F.log_softmax(teacher(input_ids=batch).logits / temperature, dim=-1)
@@ -124,7 +124,7 @@ def distill(teacher, student, text: str, tokenizer, cfg: Distillation) -> dict:
     start = time.perf_counter()
     student.train()
     losses = []
-    for step in tqdm(range(cfg.steps), desc="distill", unit="step"):
+    for _ in tqdm(range(cfg.steps), desc="distill", unit="step"):
         idx = torch.randint(len(train), (cfg.batch_size,))
         loss = mean_kl(teacher, student, train[idx], cfg.temperature)
         optimizer.zero_grad()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from stages.check_params import load_checked_stage_params
 from stages.core.errors import BuildError, run_stage
 from stages.core.io import atomic_dir, dir_size, file_inventory, read_json, write_json
 from stages.core.paths import artifact_dir, checkpoint_dir, split_artifact
@@ -21,8 +22,7 @@ from stages.core.runtime import EXPORT_PACKAGES, log, setup_logging, software_ve
 from stages.core.textdata import calibration_samples
 from stages.core.tokenizers import describe_mismatch, parity
 from stages.families import get_family
-from stages.check_params import load_checked_stage_params
-from stages.params import Params, load_stage_params, stage_parser
+from stages.params import Params, stage_parser
 
 SOURCE_KEYS = ("source", "requested_revision", "resolved_revision", "license", "inputs", "random_init", "note")
 

@@ -13,22 +13,29 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass
 from fnmatch import fnmatchcase
-from typing import Optional
 
 from tabulate import tabulate
 
+from stages.check_params import family_settings, load_checked_stage_params
 from stages.core import thresholds
-from stages.core.errors import run_stage
 from stages.core.devices import CPU_PATH
+from stages.core.errors import run_stage
 from stages.core.io import read_json, write_json
-from stages.core.paths import (GATE_PATH, SOURCE, device_outputs_dir, pair_metrics_path, reference_path,
-                               source_outputs_dir, split_artifact, validation_path)
+from stages.core.paths import (
+    GATE_PATH,
+    SOURCE,
+    device_outputs_dir,
+    pair_metrics_path,
+    reference_path,
+    source_outputs_dir,
+    split_artifact,
+    validation_path,
+)
 from stages.core.runtime import setup_logging
 from stages.core.schema import GateRule
 from stages.families import get_family
 from stages.families.base import Comparison
-from stages.check_params import family_settings, load_checked_stage_params
-from stages.params import SPECULATIVE, Params, load_stage_params, stage_parser
+from stages.params import SPECULATIVE, Params, stage_parser
 from stages.runner import make_context
 
 RAN = ("validated", "emulated")
@@ -41,9 +48,9 @@ class Row:
     level: str  # validated | emulated | not_validated | missing | - (rule coverage)
     metric: str
     against: str
-    value: Optional[float]
+    value: float | None
     threshold: str
-    reference: Optional[float]
+    reference: float | None
     status: str  # pass | fail | not_validated
     note: str = ""
 
@@ -74,7 +81,7 @@ def against_name(rule: GateRule, reference_variant: str) -> str:
     return rule.against or reference_variant
 
 
-def reference_device(records: dict, artifact: str, device: str) -> Optional[str]:
+def reference_device(records: dict, artifact: str, device: str) -> str | None:
     """The device of the compared variant's run: the same device when it ran there, else its primary device."""
     rec = records.get(artifact, {})
     if rec.get("devices", {}).get(device, {}).get("status") in RAN:
@@ -115,7 +122,7 @@ class Evidence:
             self._comparisons[key] = (result, ref_device or "-")
         return self._comparisons[key]
 
-    def against_value(self, artifact: str, device: str, against: str, metric: str) -> tuple[Optional[float], str]:
+    def against_value(self, artifact: str, device: str, against: str, metric: str) -> tuple[float | None, str]:
         """The compared run's own value of a metric (for relative bounds), and where it ran."""
         model, _ = split_artifact(artifact)
         if against == SOURCE:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
+from stages.check_params import load_checked_stage_params
 from stages.core.devices import emulation, run_level
 from stages.core.errors import run_stage
 from stages.core.io import read_json, write_json
 from stages.core.paths import artifact_dir, performance_path, split_artifact, validation_path
 from stages.core.runtime import device_name, log, setup_logging
 from stages.families import get_family
-from stages.check_params import load_checked_stage_params
-from stages.params import Params, load_stage_params, stage_parser
+from stages.params import Params, stage_parser
 from stages.runner import make_context
 
 

@@ -5,20 +5,36 @@ family, so the stages that prepare data and checkpoints do not depend on family 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from stages.core.errors import BuildError, run_stage
-from stages.core.io import read_yaml, write_text
+from stages.core.errors import BuildError
+from stages.core.io import read_yaml
 from stages.core.paths import DATA, split_artifact
-from stages.core.schema import (ARTIFACT_PATTERN, NAME_PATTERN, SOURCE_TYPES, Adapter, AdapterTraining, DerivedDraft,
-                                GateSettings, LocalSource, ModelSpec, Pair, PromptLookup, RegressionSettings,
-                                SpeculativeValidation, SpeechSet, Strict, TextSource, ValidateCommon, Variant)
+from stages.core.schema import (
+    ARTIFACT_PATTERN,
+    NAME_PATTERN,
+    SOURCE_TYPES,
+    Adapter,
+    AdapterTraining,
+    DerivedDraft,
+    GateSettings,
+    LocalSource,
+    ModelSpec,
+    Pair,
+    PromptLookup,
+    RegressionSettings,
+    SpeculativeValidation,
+    SpeechSet,
+    Strict,
+    TextSource,
+    ValidateCommon,
+    Variant,
+)
 
 NOT_A_FAMILY = {"scorer"}  # models that score others (CLIP, sentence embeddings): fetched, never exported
 SPECULATIVE = "speculative"  # rules on draft/main pairs and prompt lookup
@@ -33,7 +49,7 @@ class ValidateSettings(ValidateCommon):
     Settings when families are loaded)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    speculative: Optional[SpeculativeValidation] = None
+    speculative: SpeculativeValidation | None = None
 
 
 class Params(Strict):
@@ -53,7 +69,7 @@ class Params(Strict):
     regression: RegressionSettings = RegressionSettings()
 
     @model_validator(mode="after")
-    def _checked(self) -> "Params":
+    def _checked(self) -> Params:
         for check in (self._check_names, self._check_build, self._check_sets, self._check_drafts,
                       self._check_pairs, self._check_adapters, self._check_rule_names):
             check()
@@ -170,7 +186,7 @@ class Params(Strict):
                                  "own CPU path) nor a built variant")
 
     # ---------------------------------------------------------------- lookups
-    def spec(self, name: str) -> Optional[ModelSpec]:
+    def spec(self, name: str) -> ModelSpec | None:
         """The model entry for `name`; a derived draft reads as a local llm checkpoint (built by derive-draft)."""
         if name in self.models:
             return self.models[name]

@@ -16,14 +16,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from stages.check_params import family_settings, load_checked_stage_params
 from stages.core.errors import BuildError, run_stage
 from stages.core.io import atomic_dir, sha256_file, write_json
-from stages.core.paths import (DATA, adapter_dir, calibration_path, plan_path, source_manifest_path,
-                               split_artifact)
+from stages.core.paths import DATA, adapter_dir, calibration_path, plan_path, source_manifest_path, split_artifact
 from stages.core.runtime import log, setup_logging
 from stages.families import get_family
-from stages.check_params import family_settings, load_checked_stage_params
-from stages.params import Params, load_stage_params, stage_parser
+from stages.params import Params, stage_parser
 
 
 def content_hash(path: Path) -> str:

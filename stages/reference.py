@@ -8,14 +8,14 @@ scorer) gets a record saying so.
 """
 from __future__ import annotations
 
+from stages.check_params import load_checked_stage_params
 from stages.core.determinism import deterministic_torch
 from stages.core.errors import BuildError, run_stage
 from stages.core.io import read_json, write_json
 from stages.core.paths import SOURCE, checkpoint_dir, plan_path, reference_path, source_outputs_dir
 from stages.core.runtime import REFERENCE_PACKAGES, log, setup_logging, software_versions
 from stages.families import get_family
-from stages.check_params import load_checked_stage_params
-from stages.params import Params, load_stage_params, stage_parser
+from stages.params import Params, stage_parser
 from stages.runner import make_context, save_outputs
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass
 from fnmatch import fnmatchcase
-from typing import Optional
 
 from tabulate import tabulate
 
@@ -31,8 +30,8 @@ class Row:
     artifact: str
     device: str
     metric: str
-    old: Optional[float]
-    new: Optional[float]
+    old: float | None
+    new: float | None
     change: str
     allowed: str
     status: str  # pass | fail | not_compared | new
@@ -91,7 +90,7 @@ def read_current() -> dict:
     return data
 
 
-def numbers(device: Optional[dict]) -> dict[str, float]:
+def numbers(device: dict | None) -> dict[str, float]:
     """A device's metrics and its comparisons (named "<metric> vs <against>", e.g. "ssim vs source")."""
     device = device or {}
     flat = dict(device.get("metrics") or {})
@@ -107,7 +106,7 @@ def unvalidated_reasons(gate: dict) -> dict[tuple[str, str], str]:
 
 
 # ---------------------------------------------------------------- rules
-def applicable(rules: list[RegressionRule], name: str, family: Optional[str], metric: str) -> list[RegressionRule]:
+def applicable(rules: list[RegressionRule], name: str, family: str | None, metric: str) -> list[RegressionRule]:
     return [r for r in rules if (r.family is None or r.family == family)
             and (r.artifacts is None or any(fnmatchcase(name, p) for p in r.artifacts))
             and fnmatchcase(metric, r.metric)]
@@ -132,7 +131,7 @@ def change_text(old: float, delta: float) -> str:
 
 
 # ---------------------------------------------------------------- rows
-def metric_row(name: str, device: str, metric: str, old: Optional[float], new: Optional[float], status: str,
+def metric_row(name: str, device: str, metric: str, old: float | None, new: float | None, status: str,
                rules: list[RegressionRule], reason: str) -> Row:
     """One covered metric; `status` is the device's state now (validated, not_validated, refused, gone ...)."""
     row = Row(name, device, metric, old, new, "-", allowed_text(rules), "")
@@ -148,7 +147,7 @@ def metric_row(name: str, device: str, metric: str, old: Optional[float], new: O
     return row
 
 
-def device_rows(name: str, family: Optional[str], device: str, old_dev: Optional[dict], new_dev: dict,
+def device_rows(name: str, family: str | None, device: str, old_dev: dict | None, new_dev: dict,
                 rules: list[RegressionRule], reason: str) -> list[Row]:
     old_metrics = numbers(old_dev)
     status = new_dev.get("status", "unknown")
@@ -162,7 +161,7 @@ def device_rows(name: str, family: Optional[str], device: str, old_dev: Optional
     return rows
 
 
-def artifact_rows(name: str, old: Optional[dict], new: Optional[dict], rules: list[RegressionRule],
+def artifact_rows(name: str, old: dict | None, new: dict | None, rules: list[RegressionRule],
                   reasons: dict) -> list[Row]:
     family = (old or new).get("family")
     old_devices, new_devices = (old or {}).get("devices") or {}, (new or {}).get("devices") or {}
@@ -181,10 +180,23 @@ def evaluate(baseline: dict, current: dict, rules: list[RegressionRule]) -> list
     rows = []
     for name in dict.fromkeys([*old, *new]):
         rows += artifact_rows(name, old.get(name), new.get(name), rules, reasons)
-    return rows
+    return rows + coverage_rows(rules, {**old, **new}, rows)
 
 
-def fmt(value: Optional[float]) -> str:
+def coverage_rows(rules: list[RegressionRule], artifacts: dict, rows: list[Row]) -> list[Row]:
+    """No silent pass: a rule for a family that has artifacts but that covers no metric of any fails, named."""
+    families = {a.get("family") for a in artifacts.values()}
+    out = []
+    for i, rule in enumerate(rules):
+        if rule.family is not None and rule.family not in families:
+            continue
+        if not any(applicable([rule], r.artifact, artifacts[r.artifact].get("family"), r.metric) for r in rows):
+            out.append(Row(f"rule:{rule.family or '*'}", "-", rule.metric, None, None, "-", allowed_text([rule]),
+                           "fail", f"regression.rules.{i} matches no metric of any artifact (baseline or now)"))
+    return out
+
+
+def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from stages.check_params import family_settings, load_checked_stage_params
 from stages.core.errors import BuildError, run_stage
 from stages.core.formatting import LEVELS, by_adapter, example_text, fmt, recipe_label
 from stages.core.io import atomic_dir, file_inventory, read_json, write_json, write_text
@@ -25,8 +26,7 @@ from stages.core.paths import GATE_PATH, RELEASE, SOURCE, artifact_dir, referenc
 from stages.core.runtime import log, setup_logging
 from stages.core.schema import TinySource
 from stages.families import get_family
-from stages.check_params import family_settings, load_checked_stage_params
-from stages.params import Params, load_stage_params, stage_parser
+from stages.params import Params, stage_parser
 
 TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                                undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

@@ -16,17 +16,29 @@ from pathlib import Path
 
 import jinja2
 
+from stages.check_params import family_settings, load_checked_stage_params
 from stages.core.errors import TIMINGS_ENV, run_stage
 from stages.core.formatting import LEVELS, PERFORMANCE, by_adapter, example_text, fmt, gate_status, recipe_label
 from stages.core.io import read_json, write_json, write_text
-from stages.core.paths import (GATE_PATH, METRICS, RELEASE, REPORTS, SOURCE, artifact_dir, device_outputs_dir,
-                               pair_metrics_path, pair_performance_path, performance_path, reference_path,
-                               source_outputs_dir, split_artifact)
+from stages.core.paths import (
+    GATE_PATH,
+    METRICS,
+    RELEASE,
+    REPORTS,
+    SOURCE,
+    artifact_dir,
+    device_outputs_dir,
+    pair_metrics_path,
+    pair_performance_path,
+    performance_path,
+    reference_path,
+    source_outputs_dir,
+    split_artifact,
+)
 from stages.core.runtime import setup_logging
 from stages.core.schema import TinySource
 from stages.families import get_family
-from stages.check_params import family_settings, load_checked_stage_params
-from stages.params import Params, load_stage_params, stage_parser
+from stages.params import Params, stage_parser
 from stages.runner import CONTACT_SHEET
 
 SUMMARY_PATH, HTML_PATH = REPORTS / "summary.md", REPORTS / "index.html"

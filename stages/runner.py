@@ -3,7 +3,6 @@ where a run's outputs go. Shared by validate, reference, measure and the gate; i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from stages.check_params import family_settings
 from stages.core.io import atomic_dir, read_json, write_bytes, write_json
@@ -27,20 +26,20 @@ def scorer_dirs(params) -> dict[str, Path]:
     return {name: checkpoint_dir(name) for name, spec in params.models.items() if spec.family == "scorer"}
 
 
-def make_context(params, family: Family, model: str, precision: Optional[str] = None,
-                 adapters: Optional[list[AdapterRun]] = None, device_config: Optional[dict] = None) -> RunContext:
+def make_context(params, family: Family, model: str, precision: str | None = None,
+                 adapters: list[AdapterRun] | None = None, device_config: dict | None = None) -> RunContext:
     return RunContext(family_settings(params, family.name), precision or params.validate_.inference_precision, model=model,
                       adapters=adapter_runs(params, model) if adapters is None else adapters,
                       device_config=device_config or {}, scorers=scorer_dirs(params))
 
 
-def save_outputs(folder: Path, run: Optional[Validation]) -> None:
+def save_outputs(folder: Path, run: Validation | None) -> None:
     """outputs.json and any files (images, a contact sheet) replace the folder as a whole."""
     with atomic_dir(folder) as tmp:
         write_outputs(tmp, run)
 
 
-def write_outputs(folder: Path, run: Optional[Validation]) -> None:
+def write_outputs(folder: Path, run: Validation | None) -> None:
     write_json(folder / "outputs.json", run.outputs if run else {})
     for rel, data in (run.files if run else {}).items():
         write_bytes(folder / rel, data)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stages.check_params import load_checked_stage_params
 from stages.core.errors import run_stage
 from stages.core.io import read_json, write_json
 from stages.core.paths import artifact_dir, pair_metrics_path, pair_performance_path, pairing_dir
 from stages.core.runtime import available_devices, device_name, device_present, log, setup_logging
 from stages.families.llm import speculative_settings, speculative_sweep
-from stages.check_params import load_checked_stage_params
-from stages.params import Params, load_stage_params, stage_parser
+from stages.params import Params, stage_parser
 
 ACCURACY = ("output_match", "acceptance_rate", "draft_share", "accepted_tokens", "proposed_tokens", "mismatches")
 SPEED = ("tpot_ms", "throughput_tok_s", "generated_tokens", "tpot_speedup", "throughput_ratio")

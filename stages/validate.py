@@ -14,20 +14,25 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
+from stages.check_params import family_settings, load_checked_stage_params
 from stages.core.devices import CPU_PATH, EXACT_CPU, emulation, run_level
 from stages.core.errors import BuildError, run_stage
 from stages.core.io import atomic_dir, read_json, write_json
 from stages.core.paths import artifact_dir, device_folder, outputs_dir, plan_path, split_artifact, validation_path
 from stages.core.recipe import read_model
+from stages.core.runtime import (
+    RUNTIME_PACKAGES,
+    available_devices,
+    device_present,
+    log,
+    setup_logging,
+    software_versions,
+)
 from stages.core.schema import device_kind
-from stages.core.runtime import RUNTIME_PACKAGES, available_devices, device_present, log, setup_logging, \
-    software_versions
 from stages.families import get_family
 from stages.families.base import RunContext, Validation
-from stages.check_params import family_settings, load_checked_stage_params
-from stages.params import Params, load_params, load_stage_params, stage_parser
+from stages.params import Params, load_params, stage_parser
 from stages.runner import adapter_runs, make_context, write_outputs
 
 PROXY = "proxy"

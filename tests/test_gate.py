@@ -170,5 +170,5 @@ def test_merge_conflicted_record_is_one_clear_error(validated):
     path.write_text("<<<<<<< HEAD\n{}\n=======\n{}\n>>>>>>> branch\n")
     proc = run_stage("stages.gate", check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == (
-        f"error: metrics/validate/tiny/int8.json: contains git merge-conflict markers; resolve them or re-run the "
+        "error: metrics/validate/tiny/int8.json: contains git merge-conflict markers; resolve them or re-run the "
         "stage that writes it")

@@ -83,8 +83,8 @@ def test_text2image_pipeline_scores_and_saves_images(image_project):
 def test_text2image_same_seed_same_image(image_project):
     import openvino_genai as ov_genai
 
-    from stages.families.text2image import generate_image
     from stages.families.text2image import Text2ImageSettings as Text2ImageValidation
+    from stages.families.text2image import generate_image
 
     s = Text2ImageValidation(prompts="-", clip_model="-", width=64, height=64, num_inference_steps=3)
     pipe = ov_genai.Text2ImagePipeline(str(image_project / "models/tiny-sd/int8"), "CPU")
@@ -120,8 +120,8 @@ def test_empty_prompt_file_is_one_clear_error(image_project, tmp_path):
 
 
 def test_unknown_sample_image_is_one_clear_error():
-    from stages.families.vlm import load_image
     from stages.core.errors import BuildError as ImageError
+    from stages.families.vlm import load_image
 
     assert load_image("skimage:coffee").shape[-1] == 3
     with pytest.raises(ImageError, match="skimage.data has no image 'nope'"):
@@ -141,8 +141,8 @@ def test_text2image_lora_switched_per_call(image_project, tmp_path):
     from safetensors.torch import save_file
 
     from stages.families.base import AdapterRun, RunContext
-    from stages.families.text2image import generate_image, image_pipeline
     from stages.families.text2image import Text2ImageSettings as Text2ImageValidation
+    from stages.families.text2image import generate_image, image_pipeline
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(image_project / "models/tiny-sd/checkpoint", subfolder="unet")

@@ -24,9 +24,9 @@ def random_lora(checkpoint: Path, out: Path, seed: int, targets: list[str], r: i
 @pytest.fixture(scope="module")
 def lora_setup(tmp_path_factory):
     """A tiny LLM exported to fp16 IR and two random adapters on different modules."""
-    from stages.families.llm import LLMFamily
     from stages.core.schema import Variant
     from stages.core.tiny import tiny_llm
+    from stages.families.llm import LLMFamily
 
     root = tmp_path_factory.mktemp("lora")
     checkpoint = tiny_llm(root / "ckpt")

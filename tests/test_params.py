@@ -6,8 +6,8 @@ import sys
 import pytest
 import yaml
 
-from stages.core.errors import BuildError
 from stages.check_params import load_checked
+from stages.core.errors import BuildError
 from stages.params import load_params
 from tests.conftest import REPO, assert_nothing_written, run_stage, scaffold, tiny_params, write_params
 

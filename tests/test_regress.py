@@ -11,9 +11,8 @@ import subprocess
 
 import pytest
 
-from stages.core.errors import BuildError
-
 from stages import regress
+from stages.core.errors import BuildError
 from tests.conftest import EVAL_TEXT, run_stage, scaffold, tiny_params, write_params
 
 RULES = [
@@ -203,3 +202,13 @@ def test_baseline_given_as_tag(repo):
                                                                                       "rules": RULES}}
     write_params(repo, params)
     assert regress.main([]) == 1  # the baseline comes from params when --baseline is not given
+
+
+def test_a_rule_that_covers_nothing_fails_naming_it(repo):
+    params = tiny_params(repo / "no-checkpoint", repo / "eval.txt") | {"regression": {"baseline": "HEAD", "rules": [
+        *RULES, {"family": "llm", "metric": "perplexty", "max_increase_pct": 1}]}}
+    write_params(repo, params)
+    assert regress.main([]) == 1
+    failed = [r for r in result(repo)["rows"] if r["status"] == "fail"]
+    assert [(r["artifact"], r["metric"]) for r in failed] == [("rule:llm", "perplexty")]
+    assert "regression.rules.4 matches no metric" in failed[0]["note"]

@@ -174,8 +174,8 @@ def test_pre_exported_ir_is_checked_not_re_exported(built):
 def test_pruning_must_drop_a_layer(tiny_checkpoint):
     from transformers import AutoModelForCausalLM
 
-    from stages.derive_draft import prune
     from stages.core.errors import BuildError as DeriveError
+    from stages.derive_draft import prune
 
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
     assert len(prune(model, 1).model.layers) == 1 and len(model.model.layers) == 2

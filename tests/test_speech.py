@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stages.core.metrics import english_normalizer, error_rates
-from stages.core.schema import FliteSpeech, ManifestSpeech, SphinxSpeech, TextSet
 from stages.core.errors import BuildError as SpeechSetError
+from stages.core.metrics import english_normalizer, error_rates
 from stages.core.paths import speech_set_dir
+from stages.core.schema import FliteSpeech, ManifestSpeech, SphinxSpeech, TextSet
 from stages.core.speech import load_audio
 from stages.speechsets import build, sentences
 from tests.conftest import assert_nothing_written

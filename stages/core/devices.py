@@ -22,7 +22,7 @@ EMULATIONS = {"NPU": {"label": "NPU (NPUW on CPU)", "compute": "CPU", "options":
 CPU_PATH = "cpu-path"  # an NPU target's artifact run on the CPU plugin too (EXACT_CPU), to compare the two paths
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def emulation_available(kind: str) -> bool:
     """Whether `kind`'s plugin can run here with its compute on the CPU (a one-op model compiled through it)."""
     if kind not in EMULATIONS or not device_present(EMULATIONS[kind]["compute"]):

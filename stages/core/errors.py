@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 DEBUG_ENV = "OVBUILD_DEBUG"
 
@@ -61,7 +61,7 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0", "false", "no")
 
 
-def run_stage(main: Callable[[Optional[list[str]]], Optional[int]], name: str = "") -> None:
+def run_stage(main: Callable[[list[str] | None], int | None], name: str = "") -> None:
     """Run a stage's main(): a BuildError prints one line ("error: ...") and exits 1; Ctrl-C exits 130. The stage's
     wall time is appended to the build's timing log (read by the report)."""
     start = time.time()

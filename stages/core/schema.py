@@ -3,7 +3,7 @@ Family-specific validation settings live in each family module; stages/params.py
 from __future__ import annotations
 
 import re
-from typing import Annotated, ClassVar, Literal, Optional, Union
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -30,8 +30,8 @@ class HubSource(Strict):
     type: Literal["hub"]
     repo_id: str = Field(pattern=r"^[\w.\-]+(/[\w.\-]+)?$")
     revision: str = Field(min_length=1)
-    allow_patterns: Optional[list[str]] = None
-    ignore_patterns: Optional[list[str]] = None
+    allow_patterns: list[str] | None = None
+    ignore_patterns: list[str] | None = None
 
 
 class LocalSource(Strict):
@@ -47,13 +47,13 @@ class GGUFSource(Strict):
     package. `sha256` (of the whole file) is checked when given."""
 
     type: Literal["gguf"]
-    path: Optional[str] = None
-    parts: Optional[list[str]] = Field(default=None, min_length=1)
-    sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    path: str | None = None
+    parts: list[str] | None = Field(default=None, min_length=1)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # of the saved checkpoint
 
     @model_validator(mode="after")
-    def _one_location(self) -> "GGUFSource":
+    def _one_location(self) -> GGUFSource:
         if (self.path is None) == (self.parts is None):
             raise ValueError("path: give exactly one of `path` and `parts`")
         return self
@@ -80,7 +80,7 @@ class TinySource(Strict):
     seed: int = 0
 
 
-Source = Annotated[Union[HubSource, LocalSource, GGUFSource, CT2Source, TinySource], Field(discriminator="type")]
+Source = Annotated[HubSource | LocalSource | GGUFSource | CT2Source | TinySource, Field(discriminator="type")]
 SOURCE_TYPES = ("hub", "local", "gguf", "ct2", "tiny", "file", "train", "text", "hf")
 
 
@@ -89,8 +89,8 @@ class ModelSpec(Strict):
     source: Source
     trust_remote_code: bool = False
     allow_pickle: bool = False
-    license: Optional[str] = None
-    note: Optional[str] = None
+    license: str | None = None
+    note: str | None = None
     # export: an OpenVINO tokenizer IR that encodes the probe corpus differently from the HF tokenizer fails the
     # export (`error`); `record` exports anyway and leaves the mismatch to the gate (tokenizer_parity metric)
     tokenizer_parity: Literal["error", "record"] = "error"
@@ -103,8 +103,8 @@ class NPUSettings(Strict):
 
     max_prompt_len: int = Field(default=1024, gt=0)
     min_response_len: int = Field(default=128, gt=0)
-    generate_hint: Optional[Literal["FAST_COMPILE", "BEST_PERF"]] = None
-    prefill_hint: Optional[Literal["DYNAMIC", "STATIC"]] = None
+    generate_hint: Literal["FAST_COMPILE", "BEST_PERF"] | None = None
+    prefill_hint: Literal["DYNAMIC", "STATIC"] | None = None
 
 
 class Variant(Strict):
@@ -114,16 +114,16 @@ class Variant(Strict):
     weight_format: Literal["fp16", "int8", "int4"]
     targets: list[Device] = Field(default=["CPU"], min_length=1)
     sym: bool = False
-    group_size: Optional[int] = None
-    ratio: Optional[float] = Field(default=None, gt=0, le=1)
-    backup_precision: Optional[Literal["none", "int8_sym", "int8_asym"]] = None
-    all_layers: Optional[bool] = None
-    group_size_fallback: Optional[Literal["error", "ignore", "adjust"]] = None
+    group_size: int | None = None
+    ratio: float | None = Field(default=None, gt=0, le=1)
+    backup_precision: Literal["none", "int8_sym", "int8_asym"] | None = None
+    all_layers: bool | None = None
+    group_size_fallback: Literal["error", "ignore", "adjust"] | None = None
     awq: bool = False
     scale_estimation: bool = False
-    dataset: Optional[str] = None  # name of a `calibration` text set
-    num_samples: Optional[int] = Field(default=None, gt=0)
-    npu: Optional[NPUSettings] = None  # NPU pipeline options (NPU targets only)
+    dataset: str | None = None  # name of a `calibration` text set
+    num_samples: int | None = Field(default=None, gt=0)
+    npu: NPUSettings | None = None  # NPU pipeline options (NPU targets only)
 
     RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ("targets", "npu")  # not part of the export recipe
 
@@ -142,13 +142,13 @@ class Variant(Strict):
         return self.targets[0]
 
     @model_validator(mode="after")
-    def _coherent(self) -> "Variant":
+    def _coherent(self) -> Variant:
         problem = self._format_problem() or self._target_problem()
         if problem:
             raise ValueError(problem)
         return self
 
-    def _format_problem(self) -> Optional[str]:
+    def _format_problem(self) -> str | None:
         if self.weight_format == "fp16":
             used = [k for k in ("group_size", "ratio", "backup_precision", "all_layers", "group_size_fallback",
                                 "dataset", "num_samples") if getattr(self, k) is not None]
@@ -164,7 +164,7 @@ class Variant(Strict):
             return f"{'scale_estimation' if self.scale_estimation else 'awq'}: needs `dataset` (a calibration set)"
         return None
 
-    def _target_problem(self) -> Optional[str]:
+    def _target_problem(self) -> str | None:
         if len(set(self.targets)) != len(self.targets):
             return f"targets: listed twice in {self.targets}"
         npu = any(device_kind(t) == "NPU" for t in self.targets)
@@ -179,7 +179,7 @@ class Variant(Strict):
         """The export recipe alone (what export depends on): every field but the runtime ones."""
         return self.model_dump(exclude=set(self.RUNTIME_KEYS))
 
-    def quantization_config(self) -> Optional[dict]:
+    def quantization_config(self) -> dict | None:
         """The weight-compression dict optimum-intel's CLI builds from the same options (None for fp16)."""
         if self.weight_format == "fp16":
             return None
@@ -205,7 +205,7 @@ class TextSet(Strict):
 
     type: Literal["text"] = "text"
     path: str
-    start_after: Optional[str] = None
+    start_after: str | None = None
     skip_chars: int = Field(default=0, ge=0)
     max_chars: int = Field(default=20000, gt=0)
 
@@ -216,11 +216,11 @@ class HFTextSet(Strict):
 
     type: Literal["hf"]
     path: str
-    name: Optional[str] = None
+    name: str | None = None
     split: str = "test"
     column: str = "text"
-    revision: Optional[str] = None
-    max_samples: Optional[int] = Field(default=None, gt=0)
+    revision: str | None = None
+    max_samples: int | None = Field(default=None, gt=0)
     skip_chars: int = Field(default=0, ge=0)
     max_chars: int = Field(default=20000, gt=0)
 
@@ -229,7 +229,7 @@ def _text_set_tag(data):
     return data.get("type", "text") if isinstance(data, dict) else getattr(data, "type", "text")
 
 
-TextSource = Annotated[Union[Annotated[TextSet, Tag("text")], Annotated[HFTextSet, Tag("hf")]],
+TextSource = Annotated[Annotated[TextSet, Tag("text")] | Annotated[HFTextSet, Tag("hf")],
                        Discriminator(_text_set_tag)]
 
 
@@ -264,36 +264,36 @@ class HFSpeech(Strict):
 
     type: Literal["hf"]
     path: str
-    name: Optional[str] = None
+    name: str | None = None
     split: str = "test"
-    revision: Optional[str] = None
+    revision: str | None = None
     audio_column: str = "audio"
     text_column: str = "text"
     max_samples: int = Field(default=200, gt=0)
 
 
-SpeechSet = Annotated[Union[ManifestSpeech, SphinxSpeech, FliteSpeech, HFSpeech], Field(discriminator="type")]
+SpeechSet = Annotated[ManifestSpeech | SphinxSpeech | FliteSpeech | HFSpeech, Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------- gate and regression rules
-Against = Optional[str]  # "source" (the checkpoint in PyTorch), a variant name, or None: the family's reference
+Against = str | None  # "source" (the checkpoint in PyTorch), a variant name, or None: the family's reference
 
 
 class GateRule(Strict):
-    family: Optional[str] = None  # a registered family, or speculative: rules on pairs
+    family: str | None = None  # a registered family, or speculative: rules on pairs
     metric: str  # a metric name, or an fnmatch pattern (e.g. "perplexity@*": one row per matching metric)
-    variants: Optional[list[str]] = None  # None: every variant
-    pairs: Optional[list[str]] = None  # speculative rules only; None: every pair
+    variants: list[str] | None = None  # None: every variant
+    pairs: list[str] | None = None  # speculative rules only; None: every pair
     against: Against = None
-    max: Optional[float] = None
-    min: Optional[float] = None
-    max_increase_pct: Optional[float] = Field(default=None, ge=0)  # vs `against`
-    max_decrease_pct: Optional[float] = Field(default=None, ge=0)
-    max_increase: Optional[float] = Field(default=None, ge=0)  # absolute, vs `against` (e.g. WER points)
-    max_decrease: Optional[float] = Field(default=None, ge=0)  # absolute, vs `against` (e.g. CLIP score points)
+    max: float | None = None
+    min: float | None = None
+    max_increase_pct: float | None = Field(default=None, ge=0)  # vs `against`
+    max_decrease_pct: float | None = Field(default=None, ge=0)
+    max_increase: float | None = Field(default=None, ge=0)  # absolute, vs `against` (e.g. WER points)
+    max_decrease: float | None = Field(default=None, ge=0)  # absolute, vs `against` (e.g. CLIP score points)
 
     @model_validator(mode="after")
-    def _has_threshold(self) -> "GateRule":
+    def _has_threshold(self) -> GateRule:
         if all(v is None for v in (self.max, self.min, self.max_increase_pct, self.max_decrease_pct,
                                    self.max_increase, self.max_decrease)):
             raise ValueError(f"rule for '{self.metric}' sets no threshold (max, min, max_increase_pct, "
@@ -311,7 +311,7 @@ class GateSettings(Strict):
     rules: list[GateRule]
 
     @model_validator(mode="after")
-    def _release_needs_devices(self) -> "GateSettings":
+    def _release_needs_devices(self) -> GateSettings:
         if self.mode == "release" and self.accept_emulated:
             raise ValueError("accept_emulated: release mode requires real target devices; use it in dev mode only")
         return self
@@ -321,15 +321,15 @@ class RegressionRule(Strict):
     """Allowed change of a metric between the baseline revision and now (absolute and/or relative)."""
 
     metric: str  # a metric name or an fnmatch pattern (e.g. "wer_*")
-    family: Optional[str] = None
-    artifacts: Optional[list[str]] = None  # "<model>/<variant>" or "pair:<name>" patterns; None: every artifact
-    max_increase: Optional[float] = Field(default=None, ge=0)
-    max_increase_pct: Optional[float] = Field(default=None, ge=0)
-    max_decrease: Optional[float] = Field(default=None, ge=0)
-    max_decrease_pct: Optional[float] = Field(default=None, ge=0)
+    family: str | None = None
+    artifacts: list[str] | None = None  # "<model>/<variant>" or "pair:<name>" patterns; None: every artifact
+    max_increase: float | None = Field(default=None, ge=0)
+    max_increase_pct: float | None = Field(default=None, ge=0)
+    max_decrease: float | None = Field(default=None, ge=0)
+    max_decrease_pct: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
-    def _has_threshold(self) -> "RegressionRule":
+    def _has_threshold(self) -> RegressionRule:
         if all(v is None for v in (self.max_increase, self.max_increase_pct, self.max_decrease,
                                    self.max_decrease_pct)):
             raise ValueError(f"rule for '{self.metric}' sets no allowed change (max_increase, max_increase_pct, "
@@ -370,8 +370,8 @@ class DerivedDraft(Strict):
     base: str
     teacher: str  # the main it serves (often `base`): distillation target, and its tokenizer must match
     keep_layers: int = Field(gt=0)
-    distill: Optional[Distillation] = None
-    note: Optional[str] = None
+    distill: Distillation | None = None
+    note: str | None = None
 
 
 class Pair(Strict):
@@ -379,18 +379,18 @@ class Pair(Strict):
 
     main: str = Field(pattern=ARTIFACT_PATTERN)
     draft: str = Field(pattern=ARTIFACT_PATTERN)
-    main_device: Optional[Device] = None  # default: the main variant's target
-    draft_device: Optional[Device] = None  # default: the draft variant's target
+    main_device: Device | None = None  # default: the main variant's target
+    draft_device: Device | None = None  # default: the draft variant's target
     expect: Literal["compatible", "incompatible"] = "compatible"  # incompatible: a negative control
-    prompts: Optional[str] = None  # a `validate.speculative.prompt_sets` name; None: the default prompts
+    prompts: str | None = None  # a `validate.speculative.prompt_sets` name; None: the default prompts
 
 
 class PromptLookup(Strict):
     """openvino-genai's draft-free speculative decoding: n-grams of the prompt propose the next tokens."""
 
     main: str = Field(pattern=ARTIFACT_PATTERN)
-    main_device: Optional[Device] = None
-    prompts: Optional[str] = None  # a `validate.speculative.prompt_sets` name; None: the default prompts
+    main_device: Device | None = None
+    prompts: str | None = None  # a `validate.speculative.prompt_sets` name; None: the default prompts
 
 
 class SpeculativeValidation(Strict):
@@ -448,7 +448,7 @@ class AdapterTraining(Strict):
     seed: int = 0
 
 
-AdapterSource = Annotated[Union[AdapterFile, AdapterHub, AdapterTraining], Field(discriminator="type")]
+AdapterSource = Annotated[AdapterFile | AdapterHub | AdapterTraining, Field(discriminator="type")]
 
 
 class Adapter(Strict):
@@ -457,14 +457,14 @@ class Adapter(Strict):
 
     model: str
     source: AdapterSource
-    alpha: Optional[float] = None
-    note: Optional[str] = None
+    alpha: float | None = None
+    note: str | None = None
 
 
 class ValidateCommon(Strict):
     """Settings every family's validation shares; each family adds its own section (validate.<family>)."""
 
     inference_precision: Literal["f32", "f16", "bf16"] = "f32"
-    proxy_device: Optional[Device] = None  # also measure accuracy here when no target device can run it
+    proxy_device: Device | None = None  # also measure accuracy here when no target device can run it
     performance: bool = True  # perf/dvc.yaml: load time, TTFT, TPOT, throughput, RTF, peak RSS per device
     emulate: list[Literal["NPU"]] = ["NPU"]  # targets run through their software path on CPU when absent

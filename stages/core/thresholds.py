@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 ABS_TOL, REL_TOL = 1e-12, 1e-9  # float noise that never counts as a breach
 
@@ -50,7 +49,7 @@ def finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def check(bounds: dict[str, float], value: Optional[float], reference: Optional[float] = None,
+def check(bounds: dict[str, float], value: float | None, reference: float | None = None,
           against: str = "ref") -> Verdict:
     """Every bound must hold. A missing or non-finite value fails; a relative bound without a finite reference
     fails (naming why)."""

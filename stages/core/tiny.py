@@ -143,8 +143,14 @@ def tiny_llava(out: Path, seed: int = 0) -> Path:
     """A LLaVA-1.5 in miniature: CLIP vision tower (32x32 images, 16 patches), 2-layer Llama, `<image>` token."""
     import torch
     from tokenizers import AddedToken
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()

@@ -12,7 +12,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from stages.core.errors import BuildError
 from stages.core.schema import Strict, Variant
@@ -26,7 +26,7 @@ class Validation:
     outputs: dict[str, Any] = field(default_factory=dict)  # saved as outputs.json (generations, hypotheses)
     info: dict[str, Any] = field(default_factory=dict)  # how it was measured (eval set, precision, sizes)
     files: dict[str, bytes] = field(default_factory=dict)  # written below the outputs folder (e.g. images)
-    plot_image: Optional[bytes] = None  # a PNG for DVC's image plots (e.g. a contact sheet)
+    plot_image: bytes | None = None  # a PNG for DVC's image plots (e.g. a contact sheet)
 
 
 @dataclass
@@ -57,7 +57,7 @@ class AdapterRun:
         silently not applied."""
         return self._adapter
 
-    def config(self, alpha: Optional[float] = None):
+    def config(self, alpha: float | None = None):
         import openvino_genai as ov_genai
 
         return ov_genai.AdapterConfig(self.adapter(), self.alpha if alpha is None else alpha)
@@ -79,7 +79,7 @@ class RunContext:
     model: str = ""
     adapters: list[AdapterRun] = field(default_factory=list)
     device_config: dict[str, Any] = field(default_factory=dict)  # pipeline options for the device (e.g. NPU)
-    compile_options: Optional[dict[str, Any]] = None  # ov.Core().compile_model options, when they differ
+    compile_options: dict[str, Any] | None = None  # ov.Core().compile_model options, when they differ
     scorers: dict[str, Path] = field(default_factory=dict)  # scorer name -> checkpoint folder
 
     def pipeline_config(self) -> dict[str, Any]:
@@ -109,7 +109,7 @@ class Family(abc.ABC):
     adapter_families: ClassVar[bool] = False  # whether LoRA adapters apply to this family
 
     # ---------------------------------------------------------------- params
-    def check_params(self, settings, params, key: str) -> None:
+    def check_params(self, settings, params, key: str) -> None:  # noqa: B027 (optional hook)
         """Cross-references of the family's settings (raise ValueError("<sub.key>: message"))."""
 
     def metric_names(self, settings, params, model: str) -> list[str]:
@@ -130,7 +130,7 @@ class Family(abc.ABC):
         return list(self.accuracy_metrics)
 
     # ---------------------------------------------------------------- export
-    def export(self, checkpoint: Path, variant: Variant, out: Path, calibration: Optional[list[str]] = None,
+    def export(self, checkpoint: Path, variant: Variant, out: Path, calibration: list[str] | None = None,
                trust_remote_code: bool = False) -> None:
         """Mirror `optimum-cli export openvino`: export (fp16 or fp32), then weight compression with NNCF,
         always with the explicit recipe (the CLI silently swaps in per-model defaults when none is given)."""

@@ -7,7 +7,6 @@ import functools
 import operator
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from pydantic import Field
@@ -83,7 +82,6 @@ def scoring_model(model_xml: Path):
 def static_scoring_model(model_xml: Path, seq_len: int):
     """The scoring model for static-shape devices (NPU): stateless, an empty past (no KV cache inputs), reshaped to
     [1, seq_len]; windows are right-padded to seq_len (causal attention: real positions never see the padding)."""
-    import openvino as ov
     import openvino.opset13 as ops
     from openvino._offline_transformations import stateful_to_stateless_transformation
 
@@ -474,7 +472,7 @@ def first_difference(a: str, b: str) -> int:
 
 
 def speculative_settings(num_assistant_tokens: list[int], thresholds: list[float],
-                         max_ngram_size: Optional[list[int]] = None) -> list[dict]:
+                         max_ngram_size: list[int] | None = None) -> list[dict]:
     """The sweep: prompt lookup over (max_ngram_size x num_assistant_tokens), a draft over num_assistant_tokens
     then confidence thresholds."""
     if max_ngram_size:
@@ -483,7 +481,7 @@ def speculative_settings(num_assistant_tokens: list[int], thresholds: list[float
         [{"assistant_confidence_threshold": t} for t in thresholds]
 
 
-def speculative_pipeline(main: Path, draft: Optional[Path], main_device: str, draft_device: str, config: dict):
+def speculative_pipeline(main: Path, draft: Path | None, main_device: str, draft_device: str, config: dict):
     """LLMPipeline with a draft model, or with prompt lookup (draft-free: n-grams of the prompt are the proposal)."""
     import openvino_genai as ov_genai
 
@@ -493,7 +491,7 @@ def speculative_pipeline(main: Path, draft: Optional[Path], main_device: str, dr
                                 draft_model=ov_genai.draft_model(str(draft), draft_device, **config))
 
 
-def speculative_sweep(main: Path, draft: Optional[Path], main_device: str, draft_device: str, config: dict,
+def speculative_sweep(main: Path, draft: Path | None, main_device: str, draft_device: str, config: dict,
                       prompts: list[str], max_new_tokens: int, settings: list[dict]) -> dict:
     """Main alone vs main + draft (or prompt lookup) for each setting of the sweep: greedy outputs must be
     identical; acceptance = accepted / proposed draft tokens; TPOT and throughput ratios."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from pydantic import Field
@@ -18,8 +17,7 @@ from stages.core.io import read_lines
 from stages.core.paths import source_manifest_path
 from stages.core.schema import Strict, device_kind
 from stages.families import register
-from stages.families.base import (Comparison, Family, RunContext, Validation, check_scorer, register_adapters,
-                                   worst)
+from stages.families.base import Comparison, Family, RunContext, Validation, check_scorer, register_adapters, worst
 
 
 class Text2ImageSettings(Strict):
@@ -32,7 +30,7 @@ class Text2ImageSettings(Strict):
     width: int = Field(default=512, gt=0)
     height: int = Field(default=512, gt=0)
     num_inference_steps: int = Field(default=20, gt=0)
-    guidance_scale: Optional[float] = Field(default=None, ge=0)  # None: the pipeline's own default
+    guidance_scale: float | None = Field(default=None, ge=0)  # None: the pipeline's own default
 
 
 class ClipScorer:

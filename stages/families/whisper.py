@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field
 from tqdm import tqdm
@@ -20,7 +20,7 @@ from stages.families.base import Comparison, Family, RunContext, Validation, wor
 class WhisperSettings(Strict):
     reference: str = "fp16"  # the variant others are compared with (besides the source checkpoint)
     speech_sets: list[str] = Field(min_length=1)
-    language: Optional[str] = None  # e.g. "en" for multilingual models; None for English-only ones
+    language: str | None = None  # e.g. "en" for multilingual models; None for English-only ones
     task: Literal["transcribe", "translate"] = "transcribe"
     max_new_tokens: int = Field(default=128, gt=0)
     performance_utterances: int = Field(default=3, gt=0)  # from the first speech set, after one warm-up
