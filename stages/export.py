@@ -20,7 +20,7 @@ from stages.core.paths import artifact_dir, checkpoint_dir, split_artifact
 from stages.core.recipe import postcheck, precheck_group_size
 from stages.core.runtime import EXPORT_PACKAGES, log, setup_logging, software_versions
 from stages.core.textdata import calibration_samples
-from stages.core.tokenizers import describe_mismatch, parity
+from stages.core.tokenizers import describe_mismatch, fix_digit_split_conversion, parity
 from stages.families import get_family
 from stages.params import Params, stage_parser
 
@@ -43,6 +43,7 @@ def copy_prebuilt(checkpoint: Path, out: Path, task: str) -> None:
         from optimum.exporters.openvino.convert import export_tokenizer
         from transformers import AutoTokenizer
 
+        fix_digit_split_conversion()
         export_tokenizer(AutoTokenizer.from_pretrained(out), out, task=task)
 
 

@@ -33,7 +33,7 @@ def reduced_default() -> dict:
     params["validate"]["performance"] = False
     params["gate"]["rules"] = [narrowed(r) for r in params["gate"]["rules"]
                                if r["family"] in ("llm", "whisper", "speculative") and "flite" not in r["metric"]
-                               and "@" not in r["metric"] and narrowed(r)["variants"] != []]
+                               and "@" not in r["metric"] and narrowed(r).get("variants") != []]
     return params
 
 

@@ -77,3 +77,27 @@ def test_different_chat_template_fails(main_dir, tmp_path):
     tok.chat_template = tok.chat_template.replace("<|im_start|>assistant", "<|im_start|>bot")
     result = check(main_dir, save(tok, tmp_path))
     assert "chat template: renders the same conversation differently" in result.problems
+
+
+def digits_bytelevel_tokenizer():
+    """A small byte-level BPE with SmolLM2's pre-tokenizer: individual digits split first, then ByteLevel."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["\n\n   1. first\n   2. second", "  spaces   and\ttabs 3 4 5", "def f(x):\n    return x + 12"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def test_whitespace_before_digits_converts_like_hf_with_the_fix(tmp_path):
+    from stages.core.tokenizers import fix_digit_split_conversion, parity
+
+    fix_digit_split_conversion()
+    folder = save(digits_bytelevel_tokenizer(), tmp_path / "tok", with_ir=True)
+    found = parity(folder, extra=["x 12  3\n\n  4. a1b 1.5 ,  7", "\t1\t 2", "a  \n1"])
+    assert found.share == 1.0, found.mismatches

@@ -16,6 +16,31 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# openvino-tokenizers 2026.4 fuses HF's Digits(individual_digits=True) + ByteLevel pre-tokenizers (SmolLM2, StarCoder,
+# ...) into one regex, where `\s+(?!\S)` looks past the digit split HF makes first: "\n\n   1" became
+# ĊĊĠĠ,Ġ,1 instead of HF's ĊĊĠĠĠ,1. A whitespace run before a digit is whole in HF (it ends a piece): say so first.
+DIGIT_RUN_FIX = (r"|\s+(?!\S)|", r"|\s+(?=\p{N})|\s+(?!\S)|")
+
+
+def fix_digit_split_conversion() -> None:
+    """Patch openvino-tokenizers' fused Digits+ByteLevel regex (see DIGIT_RUN_FIX) before any conversion; the
+    parity check after export proves the result. Idempotent."""
+    from openvino_tokenizers.tokenizer_pipeline import RegexSplitStep
+
+    original = RegexSplitStep.byte_level_splitter.__func__
+    if getattr(original, "digit_run_fixed", False):
+        return
+
+    def byte_level_splitter(cls, individual_digits: bool = False):
+        step = original(cls, individual_digits)
+        if individual_digits:
+            step.split_pattern = step.split_pattern.replace(*DIGIT_RUN_FIX)
+        return step
+
+    byte_level_splitter.digit_run_fixed = True
+    RegexSplitStep.byte_level_splitter = classmethod(byte_level_splitter)
+
+
 PROBES = [
     "The quick brown fox jumps over the lazy dog.",
     "Ünïcödé: naïve café, 東京, Москва, emoji 🙂 and math ∑ x² ≤ 10.",

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from stages.core.errors import BuildError
 from stages.core.schema import Strict, Variant
+from stages.core.tokenizers import fix_digit_split_conversion
 
 
 @dataclass
@@ -138,6 +139,7 @@ class Family(abc.ABC):
         from optimum.intel.openvino.configuration import OVConfig
 
         lift_export_caps()
+        fix_digit_split_conversion()
         qconfig = variant.quantization_config()
         if qconfig is not None and calibration:
             qconfig = {**qconfig, **self.calibration_config(checkpoint, calibration)}
