@@ -13,7 +13,7 @@ from tests.conftest import REPO, scaffold
 
 pytestmark = pytest.mark.slow
 
-KEEP_BUILD = ["smollm2-135m/fp16", "smollm2-135m/int8", "smollm2-135m/int4-cpu", "smollm2-135m/int4-npu",
+KEEP_BUILD = ["smollm2-135m/fp16", "smollm2-135m/int8", "smollm2-135m/int4-cpu", "smollm2-135m/int4-npu-awq",
               "whisper-tiny-en/fp16", "whisper-tiny-en/int8"]
 
 
@@ -64,10 +64,10 @@ def test_default_pipeline_on_real_smollm2(tmp_path):
     assert abs(int8 - fp16) / fp16 < 0.02
     assert int4 > fp16 * 1.05, "int4 compression loss should be visible"
 
-    npu = record("smollm2-135m/int4-npu")["devices"]["NPU"]
+    npu = record("smollm2-135m/int4-npu-awq")["devices"]["NPU"]
     assert npu["status"] == "emulated" and "NPUW" in npu["emulation"]["label"]
     assert npu["metrics"]["perplexity"] > fp16 and npu["metrics"]["prompt_limit_enforced"] == 1.0
-    npu_out = json.loads((tmp_path / "outputs/smollm2-135m/int4-npu/NPU/outputs.json").read_text())
+    npu_out = json.loads((tmp_path / "outputs/smollm2-135m/int4-npu-awq/NPU/outputs.json").read_text())
     assert all(g["output"] for g in npu_out["generations"])
     gens = json.loads((tmp_path / "outputs/smollm2-135m/fp16/CPU/outputs.json").read_text())["generations"]
     assert "Paris" in gens[0]["output"]
@@ -96,6 +96,6 @@ def test_default_pipeline_on_real_smollm2(tmp_path):
 
     release = json.loads((tmp_path / "release/manifest.json").read_text())
     released = {a["name"] for a in release["artifacts"] if a["released"]}
-    assert "smollm2-135m/int4-cpu" in released and "smollm2-135m/int4-npu" not in released
+    assert "smollm2-135m/int4-cpu" in released and "smollm2-135m/int4-npu-awq" not in released
     card = (tmp_path / "release/smollm2-135m/int4-cpu/README.md").read_text()
     assert "license: apache-2.0" in card and "group_size=64" in card and "sha256:" in card
