@@ -217,3 +217,34 @@ def test_whisper_base_multilingual_from_parts(tmp_path):
     names = sorted(clips)[1:3]  # two short utterances keep this test quick
     hyps = transcribe(out, [clips[n][0] for n in names], language="en", task="transcribe")
     assert_wer(hyps, [clips[n][1] for n in names])
+
+
+def test_tiny_en_through_the_emulated_npu_pipeline(tiny, tmp_path):
+    """WhisperPipeline on "NPU" with NPUW placing the partitions on the CPU (as validate runs an absent NPU target):
+    it builds, transcribes the real recordings, and agrees with the CPU plugin path of the same IR."""
+    from stages.core.devices import EMULATIONS, EXACT_CPU, emulation_available
+    from stages.core.metrics import error_rates
+    from stages.core.schema import Variant
+    from stages.families import get_family
+    from stages.families.base import RunContext
+    from stages.families.whisper import WhisperSettings, whisper_pipeline
+
+    assert emulation_available("NPU"), "the NPU plugin with NPUW should load from the openvino wheel"
+    family, checkpoint = get_family("whisper"), tiny[0]
+    variant = Variant(weight_format="int8", sym=True, targets=["NPU"])
+    family.export(checkpoint, variant, tmp_path / "int8-npu")
+    clips = librivox()
+    audios, refs = [a for a, _ in clips.values()], [t for _, t in clips.values()]
+    settings = WhisperSettings(speech_sets=["librivox"])
+
+    def transcripts(device: str, options: dict) -> list[str]:
+        ctx = RunContext(settings, "f32", device_config=family.device_options(device, variant, options),
+                         compile_options=options)
+        pipe, config = whisper_pipeline(tmp_path / "int8-npu", device, ctx)
+        return [pipe.generate(a.tolist(), config).texts[0].strip() for a in audios]
+
+    npu = transcripts("NPU", dict(EMULATIONS["NPU"]["options"]))
+    cpu = transcripts("CPU", dict(EXACT_CPU))
+    assert all(npu), npu
+    assert error_rates(refs, npu)["wer"] <= 0.10
+    assert error_rates(cpu, npu)["wer"] <= 0.05, list(zip(cpu, npu))
