@@ -25,6 +25,7 @@ from stages.core.io import atomic_dir, file_inventory, read_json, write_json, wr
 from stages.core.paths import GATE_PATH, RELEASE, SOURCE, artifact_dir, reference_path, split_artifact, validation_path
 from stages.core.runtime import log, setup_logging
 from stages.core.schema import TinySource
+from stages.core.tokenizers import describe_mismatch
 from stages.families import get_family
 from stages.params import Params, stage_parser
 
@@ -152,6 +153,17 @@ def draft_context(params: Params, gate: dict, artifact: str) -> dict:
             "drafts": [], "usage": DRAFT_USAGE.format(main=main, path=artifact.replace("/", "-"), device=device)}
 
 
+
+def parity_text(parity: dict) -> str:
+    """The export's tokenizer parity as a card line: probes matched, and the first difference if any."""
+    folders = (parity.get("folders") or {}).values()
+    if not folders:
+        return ""
+    matching, probes = sum(f["matching"] for f in folders), sum(f["probes"] for f in folders)
+    first = next((m for f in folders for m in f["mismatches"]), None)
+    return f"{matching} of {probes} probes identical" + (f"; first difference: {describe_mismatch(first)}"
+                                                         if first else "")
+
 def card(params: Params, gate: dict, artifact: str, role: str) -> tuple[str, dict]:
     """The card text and the artifact's manifest entry; `role` is main (in build) or draft."""
     model, variant = split_artifact(artifact)
@@ -173,7 +185,7 @@ def card(params: Params, gate: dict, artifact: str, role: str) -> tuple[str, dic
         note=spec.note, license=spec.license, variant=variant, recipe=recipe_label(recipe),
         rt_info=manifest.get("rt_info", {}), bitwidths=manifest["weight_bitwidths"],
         size_mb=manifest["size_bytes"] / 1e6, gate_mode=gate["mode"],
-        tokenizer=f"{fmt(parity['share'])} of probes identical" if "share" in parity else "",
+        tokenizer=parity_text(parity),
         npu=recipe.npu.model_dump() if recipe.npu else None,
         export_software=versions(manifest.get("software", {})), runtime_versions=versions(ctx["runtime_software"]))
     entry = {"name": artifact, "family": family.name, "role": role, "released": ctx["released"],
