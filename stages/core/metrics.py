@@ -73,6 +73,15 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=-1)
 
 
+def retrieval_top1(queries: np.ndarray, documents: np.ndarray) -> float:
+    """The share of queries whose most cosine-similar document is the one at their own index."""
+    q = np.asarray(queries, dtype=np.float64)
+    d = np.asarray(documents, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    d = d / np.linalg.norm(d, axis=-1, keepdims=True)
+    return float(np.mean(np.argmax(q @ d.T, axis=-1) == np.arange(len(q))))
+
+
 def clip_score(image_embeds: np.ndarray, text_embeds: np.ndarray) -> float:
     """CLIP score as torchmetrics defines it: mean over pairs of 100 * max(cos(image, text), 0)."""
     return float(np.mean(100 * np.clip(cosines(image_embeds, text_embeds), 0, None)))
