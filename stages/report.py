@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 
 from stages.check_params import family_settings, load_checked_stage_params
 from stages.core.errors import TIMINGS_ENV, run_stage
@@ -157,31 +158,35 @@ def plot_points(params: Params, gate: dict, family_name: str, metric: str, perf:
             gate["artifacts"].get(artifact, {}).get("devices", {})
         for device, d in devices.items():
             if metric in d.get("metrics", {}) and isinstance(d["metrics"][metric], (int, float)):
-                points.append({"family": family_name, "artifact": artifact, "device": device, "metric": metric,
+                points.append({"family": family_name, "artifact": artifact, "device": device,
+                               "label": f"{artifact} ({device})", "metric": metric,
                                "size_mb": round(manifest.get("size_bytes", 0) / 1e6, 2),
                                "value": d["metrics"][metric]})
     return points
 
 
-def plot_png(points: list[dict], title: str) -> str:
-    """A scatter of value vs size, each point labelled model/variant (device), as base64 PNG."""
+def plot_svg(points: list[dict], title: str) -> Markup:
+    """A scatter of value vs size, each point labelled model/variant (device), as inline SVG whose labels stay text
+    (searchable, and readable by the browser test); deterministic (no date, fixed ids) so the page only changes
+    when the numbers do."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
-    for p in points:
-        ax.scatter(p["size_mb"], p["value"])
-        ax.annotate(f"{p['artifact']} ({p['device']})", (p["size_mb"], p["value"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    ax.set(title=title, xlabel="artifact size (MB)", ylabel=points[0]["metric"])
-    ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": title}):
+        fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+        for p in points:
+            ax.scatter(p["size_mb"], p["value"])
+            ax.annotate(p["label"], (p["size_mb"], p["value"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set(title=title, xlabel="artifact size (MB)", ylabel=points[0]["metric"])
+        ax.grid(alpha=0.3)
+        buf = io.StringIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+        plt.close(fig)
+    svg = buf.getvalue()
+    return Markup(svg[svg.index("<svg"):])  # inline: without the XML declaration and DOCTYPE
 
 
 def plots(params: Params, gate: dict) -> list[dict]:
@@ -193,8 +198,9 @@ def plots(params: Params, gate: dict) -> list[dict]:
             points = plot_points(params, gate, family_name, metric, perf)
             data[kind] += points
             if points:
-                figures.append({"title": f"{family_name}: {metric} vs size", "png": plot_png(points, f"{family_name}:"
-                                                                                               f" {metric} vs size")})
+                title = f"{family_name}: {metric} vs size"
+                figures.append({"family": family_name, "metric": metric, "title": title,
+                                "svg": plot_svg(points, title)})
     for kind, points in data.items():
         write_json(PLOTS_DIR / f"{kind}_vs_size.json", points)
     return figures

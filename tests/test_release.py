@@ -1,6 +1,6 @@
 """Release and report on the tiny pipeline: model cards read back (recipe, every rule applied, worst examples),
 the manifest's sha256 against the files, withheld artifacts, upload-ready bundles that load as-is, and the report:
-verdict first, tables, plots, performance from the perf pipeline, a page a real browser renders."""
+verdict first, tables, plots, performance from the perf pipeline (in a real browser: test_report_browser.py)."""
 import json
 import re
 import shutil
@@ -107,4 +107,5 @@ def test_report_leads_with_the_verdict_then_tables_performance_and_plots(release
         points = json.loads((released / f"metrics/plots/{kind}_vs_size.json").read_text())
         assert {p["artifact"] for p in points} >= {"tiny/fp16", "tiny/int8", "tiny/int4"}
     page = (released / "reports/index.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "<table>" in page and "tiny/int4" in page
+    assert page.count('<figure class="plot"') == 2 and "<table>" in page and "tiny/int4 (CPU)</text>" in page
+    assert page.index('<section id="verdict"') < page.index("<table>")
