@@ -10,6 +10,7 @@ import json
 import re
 import sys
 import tokenize
+import types
 import typing
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def type_name(tp, found: list) -> str:
         return type_name(args[0], found)
     if origin is typing.Literal:
         return " | ".join(json.dumps(a) for a in args)
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):  # Optional[X] and X | None
         return " | ".join("null" if a is type(None) else type_name(a, found) for a in args)
     if origin in (list, dict):
         return f"{origin.__name__}[{', '.join(type_name(a, found) for a in args)}]"

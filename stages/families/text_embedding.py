@@ -33,7 +33,7 @@ class TextEmbeddingSettings(Strict):
     words_per_pair: int = Field(default=60, ge=8)
     pooling: Literal["mean", "cls", "last_token"] = "mean"  # must match the checkpoint's own pooling
     normalize: bool = True
-    max_length: int = Field(default=256, gt=0)  # tokens; longer texts are truncated on both sides
+    max_length: int = Field(default=256, gt=0)  # tokens; longer texts are truncated
 
 
 def query_passage_pairs(text: str, count: int, words_per_pair: int) -> list[tuple[str, str]]:
