@@ -1,5 +1,6 @@
 """The params schema: every bad input is one line naming the key; families own their settings."""
 import copy
+import json
 import subprocess
 import sys
 
@@ -216,3 +217,16 @@ def test_every_params_key_dvc_tracks_exists(tmp_path, params_file):
 def test_dotted_model_name_is_refused(tmp_path, base):
     base["models"]["qwen2.5"] = base["models"].pop("tiny")
     assert "models.qwen2.5: names may use letters, digits, '-' and '_' only" in error_for(tmp_path, base)
+
+
+def test_generated_params_reference_is_current():
+    """docs/params-reference.md and docs/params.schema.json are what scripts/params_reference.py writes now."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("params_reference", REPO / "scripts" / "params_reference.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert (REPO / "docs/params-reference.md").read_text() == generator.reference(), \
+        "docs/params-reference.md is stale: run scripts/params_reference.py"
+    schema = json.dumps(generator.Params.model_json_schema(by_alias=True), indent=1) + "\n"
+    assert (REPO / "docs/params.schema.json").read_text() == schema, "docs/params.schema.json is stale"
