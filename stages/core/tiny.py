@@ -59,26 +59,50 @@ CAPTIONS = ("a photo of a cat sitting on a red sofa; an astronaut riding a horse
             "there? what color is the sky? 0123456789")
 
 
-def tiny_clip_tokenizer(vocab_size: int = 512):
-    """A CLIP-style BPE (lower-cased words, `</w>` word ends) trained on fixed captions."""
-    import json
+def bpe_merges(words: list[str], count: int, suffix: str = "</w>") -> list[tuple[str, str]]:
+    """BPE training, frequency ties broken by the pair itself. Hand-written because tokenizers' BpeTrainer breaks
+    ties in hash-map order, so its merges (and ids) differ run to run."""
+    from collections import Counter
 
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    frequency = Counter(words)
+    pieces = {w: [*w[:-1], w[-1] + suffix] for w in frequency}
+    merges: list[tuple[str, str]] = []
+    while len(merges) < count:
+        pairs: Counter = Counter()
+        for word, n in frequency.items():
+            for pair in zip(pieces[word], pieces[word][1:]):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        for word, seq in pieces.items():
+            merged, i = [], 0
+            while i < len(seq):
+                if tuple(seq[i:i + 2]) == best:
+                    merged.append(seq[i] + seq[i + 1])
+                    i += 2
+                else:
+                    merged.append(seq[i])
+                    i += 1
+            pieces[word] = merged
+    return merges
+
+
+def tiny_clip_tokenizer(merges: int = 160):
+    """A CLIP-style BPE (lower-cased words, `</w>` word ends, byte-level alphabet) trained on fixed captions."""
+    from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
-    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|startoftext|>", "<|endoftext|>"],
-                                  initial_alphabet=alphabet, end_of_word_suffix="</w>", show_progress=False)
-    tok.train_from_iterator([CAPTIONS.lower()] * 4, trainer)
-    model = json.loads(tok.to_str())["model"]
-    vocab = dict(model["vocab"])
-    for ch in sorted(alphabet):  # every single byte can also end a word
-        vocab.setdefault(ch + "</w>", len(vocab))
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    words = [piece for word in CAPTIONS.lower().split() for piece, _ in byte_level.pre_tokenize_str(word)]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {}
+    trained = bpe_merges(words, merges)
+    for token in ("<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet),
+                  *(a + b for a, b in trained)):
+        vocab.setdefault(token, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=trained, model_max_length=77)
 
 
 def _clip_text_config(vocab_size: int):

@@ -1,0 +1,72 @@
+"""Builders that sample or train give identical bytes for the same seed on the same software, in any folder: the
+random-init tiny models, draft distillation and LoRA training (each run twice, in two folders)."""
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from stages.core import tiny
+from tests.conftest import EVAL_TEXT, run_stage, scaffold, tiny_params
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file below folder."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_same_files(a: Path, b: Path) -> None:
+    first, second = file_hashes(a), file_hashes(b)
+    assert first, f"{a}: nothing built"
+    assert first.keys() == second.keys(), sorted(first.keys() ^ second.keys())
+    assert not [k for k in first if first[k] != second[k]], [k for k in first if first[k] != second[k]]
+
+
+@pytest.mark.parametrize("builder", ["tiny_llm", "tiny_clip", "tiny_stable_diffusion", "tiny_llava"])
+def test_random_init_models_are_byte_identical(builder, tmp_path):
+    build = getattr(tiny, builder)
+    assert_same_files(build(tmp_path / "one" / "model"), build(tmp_path / "two" / "elsewhere" / "model"))
+
+
+def two_projects(tmp_path, tiny_checkpoint, extend) -> list[Path]:
+    """Two scaffolded projects (different folders) with the tiny params changed by `extend`."""
+    roots = []
+    for where in ("first", "second/nested"):
+        root = tmp_path / where
+        root.mkdir(parents=True)
+        text = root / "text.txt"
+        text.write_text(EVAL_TEXT * 3)
+        params = tiny_params(tiny_checkpoint, text)
+        extend(params, text)
+        scaffold(root, params)
+        for stage in (["stages.check_params", "--check"], ["stages.evalsets"], ["stages.fetch", "--model", "tiny"]):
+            run_stage(*stage, cwd=root)
+        roots.append(root)
+    return roots
+
+
+def test_draft_distillation_is_byte_identical(tmp_path, tiny_checkpoint):
+    def extend(p, text):
+        p["calibration"] = {"distill": {"path": str(text), "max_chars": 4000}}
+        p["derived_drafts"] = {"tiny-d1": {"base": "tiny", "teacher": "tiny", "keep_layers": 1, "distill": {
+            "data": "distill", "steps": 8, "seq_len": 16, "batch_size": 4, "learning_rate": 3e-3,
+            "chat_samples": 4, "reply_tokens": 8}}}
+
+    roots = two_projects(tmp_path, tiny_checkpoint, extend)
+    for root in roots:
+        run_stage("stages.derive_draft", "--draft", "tiny-d1", cwd=root)
+    assert_same_files(*(root / "models/tiny-d1/checkpoint" for root in roots))
+
+
+def test_lora_training_is_byte_identical(tmp_path, tiny_checkpoint):
+    def extend(p, text):
+        p["calibration"] = {"train": {"path": str(text)}}
+        p["adapters"] = {"tiny-lora": {"model": "tiny", "source": {
+            "type": "train", "data": "train", "rank": 4, "lora_alpha": 8, "steps": 4, "seq_len": 32,
+            "batch_size": 2, "learning_rate": 0.05}}}
+        p["validate"]["llm"]["max_tokens"] = 128
+
+    roots = two_projects(tmp_path, tiny_checkpoint, extend)
+    for root in roots:
+        run_stage("stages.adapter", "--adapter", "tiny-lora", cwd=root)
+    assert_same_files(*(root / "models/adapters/tiny-lora" for root in roots))
