@@ -45,6 +45,18 @@ def output_errors(final: Path) -> Iterator[None]:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise BuildError(f"{final}: cannot write output ({os.strerror(e.errno)})") from e
         raise
+    except RuntimeError as e:  # C++ writers (OpenVINO's serializer) report a full disk as a bare iostream error
+        if disk_full(final.parent):
+            raise BuildError(f"{final}: cannot write output ({os.strerror(errno.ENOSPC)})") from e
+        raise
+
+
+def disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Less than `margin` bytes left for this user on the filesystem of `folder`."""
+    with contextlib.suppress(OSError):
+        st = os.statvfs(folder)
+        return st.f_bavail * st.f_frsize < margin
+    return False
 
 
 @contextlib.contextmanager
