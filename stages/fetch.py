@@ -254,11 +254,11 @@ def hub_error(e: Exception, source: HubSource) -> BuildError:
         return BuildError(f"{where}: revision '{source.revision}' not found in {source.repo_id}")
     if isinstance(e, errors.RepositoryNotFoundError):
         return BuildError(f"{where}: repository not found, or private and HF_TOKEN is not set / not allowed")
-    if isinstance(e, errors.EntryNotFoundError):
-        return BuildError(f"{where}: file not found in the repository ({e})")
-    if isinstance(e, errors.LocalEntryNotFoundError):
+    if isinstance(e, errors.LocalEntryNotFoundError):  # a subclass of EntryNotFoundError: first
         return BuildError(f"{where}: not in the local cache and the hub is unreachable (offline, or HF_ENDPOINT "
                           "down)")
+    if isinstance(e, errors.EntryNotFoundError):
+        return BuildError(f"{where}: file not found in the repository ({e})")
     if isinstance(e, errors.HfHubHTTPError):
         status = getattr(getattr(e, "response", None), "status_code", None)
         hint = "; set HF_TOKEN" if status in (401, 403) else ""
