@@ -16,7 +16,7 @@ from tqdm import tqdm
 from stages.check_params import family_settings
 from stages.core.determinism import deterministic_torch
 from stages.core.errors import BuildError, run_stage, user_input
-from stages.core.io import atomic_dir, sha256_file, write_json
+from stages.core.io import atomic_dir, read_json, sha256_file, write_json, write_text
 from stages.core.paths import adapter_dir, checkpoint_dir
 from stages.core.recipe import checkpoint_weight_shapes
 from stages.core.runtime import log, setup_logging
@@ -86,8 +86,18 @@ def train(source: AdapterTraining, checkpoint: Path, out: Path) -> dict:
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.save_pretrained(out, safe_serialization=True)
     (out / "README.md").unlink(missing_ok=True)
+    sort_target_modules(out / "adapter_config.json")
     return {"steps": source.steps, "first_loss": losses[0], "last_loss": float(np.mean(losses[-5:])),
             "windows": len(windows)}
+
+
+def sort_target_modules(config_path: Path) -> None:
+    """PEFT writes target_modules from a set, in an order that changes with Python's string hash seed: sorted, the
+    same training writes the same bytes in every run."""
+    config = read_json(config_path, "adapter config")
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    write_text(config_path, json.dumps(config, indent=2, sort_keys=True))
 
 
 def lora_pairs(adapter_file: Path) -> dict[str, dict[str, tuple]]:

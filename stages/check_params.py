@@ -86,8 +86,8 @@ def check_rule_metric(params: Params, rule, key: str) -> None:
 def checked(params: Params, path: str | Path) -> Params:
     try:
         check_families(params)
-    except BuildError as e:
-        raise BuildError(f"{path}: {e}") from e
+    except BuildError as e:  # one line per problem, each naming the file (as load_params writes them)
+        raise BuildError("\n".join(f"{path}: {line}" for line in str(e).splitlines())) from e
     return params
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
-import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 
 from stages.core.errors import BuildError, run_stage, user_input
-from stages.core.io import atomic_dir, copy_tree, file_inventory, sha256_file, write_json
+from stages.core.io import atomic_dir, copy_tree, file_inventory, scratch_dir, sha256_file, write_json
 from stages.core.paths import checkpoint_dir, source_manifest_path
 from stages.core.runtime import log, package_version, setup_logging
 from stages.core.schema import CT2Source, GGUFSource, HubSource, LocalSource, ModelSpec, TinySource
@@ -174,8 +173,8 @@ def gguf_file(source: GGUFSource, scratch: Path) -> tuple[Path, list[dict]]:
 
 
 def fetch_gguf(source: GGUFSource, out: Path) -> dict:
-    with tempfile.TemporaryDirectory(prefix="gguf-") as scratch:
-        path, inputs = gguf_file(source, Path(scratch))
+    with scratch_dir(out.parent / "gguf-parts") as scratch:  # models/<m>/.gguf-parts.tmp-<pid>
+        path, inputs = gguf_file(source, scratch)
         dequantize_gguf(path, out, source.dtype)
     return {"requested_revision": None, "resolved_revision": f"sha256:{inputs[-1]['sha256']}", "inputs": inputs,
             "gguf_file": path.name, "note": "weights dequantized from a quantized GGUF file, not the original release"}
@@ -254,11 +253,11 @@ def hub_error(e: Exception, source: HubSource) -> BuildError:
         return BuildError(f"{where}: revision '{source.revision}' not found in {source.repo_id}")
     if isinstance(e, errors.RepositoryNotFoundError):
         return BuildError(f"{where}: repository not found, or private and HF_TOKEN is not set / not allowed")
-    if isinstance(e, errors.EntryNotFoundError):
-        return BuildError(f"{where}: file not found in the repository ({e})")
-    if isinstance(e, errors.LocalEntryNotFoundError):
+    if isinstance(e, errors.LocalEntryNotFoundError):  # a subclass of EntryNotFoundError: first
         return BuildError(f"{where}: not in the local cache and the hub is unreachable (offline, or HF_ENDPOINT "
                           "down)")
+    if isinstance(e, errors.EntryNotFoundError):
+        return BuildError(f"{where}: file not found in the repository ({e})")
     if isinstance(e, errors.HfHubHTTPError):
         status = getattr(getattr(e, "response", None), "status_code", None)
         hint = "; set HF_TOKEN" if status in (401, 403) else ""

@@ -45,6 +45,18 @@ def output_errors(final: Path) -> Iterator[None]:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise BuildError(f"{final}: cannot write output ({os.strerror(e.errno)})") from e
         raise
+    except RuntimeError as e:  # C++ writers (OpenVINO's serializer) report a full disk as a bare iostream error
+        if disk_full(final.parent):
+            raise BuildError(f"{final}: cannot write output ({os.strerror(errno.ENOSPC)})") from e
+        raise
+
+
+def disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Less than `margin` bytes left for this user on the filesystem of `folder`."""
+    with contextlib.suppress(OSError):
+        st = os.statvfs(folder)
+        return st.f_bavail * st.f_frsize < margin
+    return False
 
 
 @contextlib.contextmanager
@@ -65,6 +77,23 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     if final.exists():
         shutil.rmtree(final) if final.is_dir() else final.unlink()
     os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def scratch_dir(name: Path) -> Iterator[Path]:
+    """A work folder `.<name>.tmp-<pid>` next to the outputs (not in the system temp folder, where a killed run's
+    scratch would stay for good): ignored by git and DVC, removed at the end and, if a run died, by the next one."""
+    name = Path(name)
+    name.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(name)
+    tmp = temp_sibling(name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with output_errors(name):
+            yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -48,7 +48,17 @@ def read_model(model_xml: Path):
     if not Path(model_xml).is_file():
         raise BuildError(f"{model_xml}: IR file missing")
     with user_input(f"{model_xml}"):
-        return ov.Core().read_model(model_xml)
+        try:
+            return ov.Core().read_model(model_xml)
+        except RuntimeError as e:  # OpenVINO's parse / weights errors
+            raise BuildError(f"{model_xml}: not a readable OpenVINO IR ({openvino_reason(e)})") from e
+
+
+def openvino_reason(e: RuntimeError) -> str:
+    """The line of an OpenVINO error that says what is wrong (not where in its C++ sources)."""
+    lines = [line.strip() for line in str(e).splitlines()
+             if line.strip() and not line.startswith(("Exception from ", "Check '"))]
+    return lines[-1].split(" Please check")[0] if lines else type(e).__name__
 
 
 def _rt_value(node):
