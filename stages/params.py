@@ -53,7 +53,7 @@ class ValidateSettings(ValidateCommon):
 
 
 class Params(Strict):
-    models: dict[str, ModelSpec]
+    models: dict[str, ModelSpec] = Field(min_length=1)
     variants: dict[str, Variant]
     build: list[str] = Field(min_length=1)  # main artifacts, `<model>/<variant>`
     eval_sets: dict[str, TextSource] = {}
