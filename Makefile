@@ -28,6 +28,7 @@ publish:
 
 test: setup
 	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
 	HF_HUB_OFFLINE=1 $(VENV)/python -m pytest -q --durations=12
 
 bench: setup

@@ -13,6 +13,7 @@ and compilation excluded), their ratio (goal: OpenVINO >= 2x) and the perplexity
 score_windows reads, rewrites and compiles the IR on every call: its scoring time is the best full call minus the
 best call on no windows (the same read + compile, nothing scored); that fixed cost is printed as `load s`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,13 @@ def main(argv=None) -> None:
     ap.add_argument("--variant", default="fp16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="CPU", help="OpenVINO device for the IR")
-    ap.add_argument("--precisions", nargs="+", default=["f32", "bf16"], choices=["f32", "f16", "bf16"],
-                    help="INFERENCE_PRECISION_HINT values, one row each")
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["f32", "bf16"],
+        choices=["f32", "f16", "bf16"],
+        help="INFERENCE_PRECISION_HINT values, one row each",
+    )
     args = ap.parse_args(argv)
     s = family_settings(load_params(args.params), "llm")
     if s is None:
@@ -83,18 +89,26 @@ def main(argv=None) -> None:
     except BuildError as e:
         raise SystemExit(str(e)) from None
     tokens = sum(len(w) for w in windows)
-    print(f"{tokens} tokens of '{s.eval_set}' in {len(windows)} windows of <= {s.context_length}, "
-          f"best of {args.repeats}")
+    print(
+        f"{tokens} tokens of '{s.eval_set}' in {len(windows)} windows of <= {s.context_length}, best of {args.repeats}"
+    )
     rows = [("transformers fp32", *score_transformers(checkpoint, windows, args.repeats))]
     for precision in args.precisions:
-        rows.append((f"OpenVINO {args.variant} IR, {precision} inference",
-                     *score_openvino(artifact, windows, args.device, RunContext(s, precision, model=args.model),
-                                     args.repeats)))
+        rows.append(
+            (
+                f"OpenVINO {args.variant} IR, {precision} inference",
+                *score_openvino(
+                    artifact, windows, args.device, RunContext(s, precision, model=args.model), args.repeats
+                ),
+            )
+        )
     base_tps, base_ppl = rows[0][2], rows[0][3]
     print(f"{'engine':40s} {'load s':>7s} {'tokens/s':>10s} {'speedup':>8s} {'perplexity':>11s} {'ppl diff':>9s}")
     for name, load_s, tps, ppl in rows:
-        print(f"{name:40s} {load_s:7.2f} {tps:10.1f} {tps / base_tps:7.2f}x {ppl:11.3f} "
-              f"{100 * (ppl - base_ppl) / base_ppl:+8.2f}%")
+        print(
+            f"{name:40s} {load_s:7.2f} {tps:10.1f} {tps / base_tps:7.2f}x {ppl:11.3f} "
+            f"{100 * (ppl - base_ppl) / base_ppl:+8.2f}%"
+        )
 
 
 if __name__ == "__main__":

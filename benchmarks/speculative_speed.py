@@ -9,6 +9,7 @@ root). Refused pairs are listed and skipped. Each pair runs stages.families.llm.
 prompts (validate.speculative, or the pair's own prompt set) at validate.inference_precision, main and draft both
 on --device. Speedup = TPOT of the main alone / TPOT with the draft (> 1 means the draft helps).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="num_assistant_tokens values")
-    ap.add_argument("--thresholds", type=float, nargs="*", default=[],
-                    help="assistant_confidence_threshold values, swept after --k")
+    ap.add_argument(
+        "--thresholds", type=float, nargs="*", default=[], help="assistant_confidence_threshold values, swept after --k"
+    )
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--device", default="CPU", help="device of the main and of the draft")
     ap.add_argument("--pair", nargs="+", default=None, help="only these pairs (default: every pair in params)")
@@ -55,17 +57,48 @@ def main(argv=None) -> None:
         if pairing["status"] != "paired":
             print(f"{name}: {pairing['status']} ({pairing['tokenizer_check']['problems'][0]})")
             continue
-        run = speculative_sweep(Path(pairing["main"]["path"]), Path(pairing["draft"]["path"]), args.device,
-                                args.device, config, prompts_for(params, name), args.max_new_tokens, settings)
+        run = speculative_sweep(
+            Path(pairing["main"]["path"]),
+            Path(pairing["draft"]["path"]),
+            args.device,
+            args.device,
+            config,
+            prompts_for(params, name),
+            args.max_new_tokens,
+            settings,
+        )
         rows.append([name, "main alone", "-", "-", f"{run['baseline']['tpot_ms']:.1f}", "1.00", "1.00", "-"])
         for s in run["sweep"]:
             setting = s.get("num_assistant_tokens") or f"confidence {s['assistant_confidence_threshold']}"
-            rows.append([name, pairing["draft"]["model"], setting, number(s["acceptance_rate"], ".3f"),
-                         f"{s['tpot_ms']:.1f}", f"{s['tpot_speedup']:.2f}", f"{s['throughput_ratio']:.2f}",
-                         f"{s['output_match']:.2f}"])
-    print(tabulate(rows, headers=["pair", "draft", "num_assistant_tokens", "acceptance", "TPOT ms", "TPOT speedup",
-                                  "throughput ratio", "output match"], tablefmt="github",
-                   disable_numparse=True))
+            rows.append(
+                [
+                    name,
+                    pairing["draft"]["model"],
+                    setting,
+                    number(s["acceptance_rate"], ".3f"),
+                    f"{s['tpot_ms']:.1f}",
+                    f"{s['tpot_speedup']:.2f}",
+                    f"{s['throughput_ratio']:.2f}",
+                    f"{s['output_match']:.2f}",
+                ]
+            )
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "pair",
+                "draft",
+                "num_assistant_tokens",
+                "acceptance",
+                "TPOT ms",
+                "TPOT speedup",
+                "throughput ratio",
+                "output match",
+            ],
+            tablefmt="github",
+            disable_numparse=True,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ TorchWhisper, with validate.whisper's language, task and max_new_tokens; inferen
 validate.inference_precision). Prints the wall time of each engine on the same audio (loading and one warm-up
 excluded), their ratio (goal: OpenVINO >= 3x), the real-time factor and both WERs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,7 @@ def main(argv=None) -> None:
         if not folder.is_dir():
             raise SystemExit(f"{folder}: not built (run `dvc repro` first)")
     try:
-        entries = speech_set(args.speech_set)[:args.limit]
+        entries = speech_set(args.speech_set)[: args.limit]
         audios = [load_audio(Path(e["audio"]), SAMPLE_RATE) for e in entries]
     except BuildError as e:
         raise SystemExit(str(e)) from None
@@ -71,13 +72,18 @@ def main(argv=None) -> None:
     print(f"{len(audios)} utterances ({seconds:.0f} s of audio) from '{args.speech_set}'")
     rows = [("transformers fp32", *run_transformers(checkpoint, audios, settings))]
     precision = params.validate_.inference_precision
-    rows.append((f"WhisperPipeline {args.variant} IR, {precision}",
-                 *run_openvino(artifact, audios, args.device,
-                               RunContext(settings, precision, model=args.model))))
+    rows.append(
+        (
+            f"WhisperPipeline {args.variant} IR, {precision}",
+            *run_openvino(artifact, audios, args.device, RunContext(settings, precision, model=args.model)),
+        )
+    )
     base = rows[0][1]
     print(f"{'engine':40s} {'wall s':>8s} {'speedup':>8s} {'RTF':>7s} {'WER':>7s}")
     for name, wall, texts in rows:
-        print(f"{name:40s} {wall:8.2f} {base / wall:7.2f}x {wall / seconds:7.3f} {error_rates(refs, texts)['wer']:7.3f}")
+        print(
+            f"{name:40s} {wall:8.2f} {base / wall:7.2f}x {wall / seconds:7.3f} {error_rates(refs, texts)['wer']:7.3f}"
+        )
 
 
 if __name__ == "__main__":

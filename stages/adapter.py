@@ -3,6 +3,7 @@ record its alpha and the PEFT reference's metrics that validation compares openv
 
     python -m stages.adapter --adapter NAME
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,12 @@ def fetch_hub(source: AdapterHub, out: Path) -> None:
     with user_input(f"{where} {source.filename}"):
         shutil.copyfile(hf_hub_download(source.repo_id, source.filename, revision=source.revision), out / ADAPTER_FILE)
     try:
-        config = hf_hub_download(source.repo_id, PEFT_CONFIG, revision=source.revision,
-                                 subfolder=str(Path(source.filename).parent).strip(".") or None)
+        config = hf_hub_download(
+            source.repo_id,
+            PEFT_CONFIG,
+            revision=source.revision,
+            subfolder=str(Path(source.filename).parent).strip(".") or None,
+        )
         shutil.copyfile(config, out / PEFT_CONFIG)
     except EntryNotFoundError:
         pass
@@ -65,14 +70,21 @@ def train(source: AdapterTraining, checkpoint: Path, out: Path) -> dict:
 
     deterministic_torch(source.seed)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    ids = tokenizer(calibration_text(source.data), add_special_tokens=False,
-                    return_tensors="pt").input_ids[0]
+    ids = tokenizer(calibration_text(source.data), add_special_tokens=False, return_tensors="pt").input_ids[0]
     windows = ids[: len(ids) // source.seq_len * source.seq_len].view(-1, source.seq_len)
     if len(windows) == 0:
         raise BuildError(f"source.data: calibration set '{source.data}' is shorter than seq_len tokens")
     base = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=source.rank, lora_alpha=source.lora_alpha, lora_dropout=0.0,
-                                            target_modules=source.target_modules, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        base,
+        LoraConfig(
+            r=source.rank,
+            lora_alpha=source.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=source.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=source.learning_rate)
     model.train()
     losses = []
@@ -87,8 +99,12 @@ def train(source: AdapterTraining, checkpoint: Path, out: Path) -> dict:
     model.save_pretrained(out, safe_serialization=True)
     (out / "README.md").unlink(missing_ok=True)
     sort_target_modules(out / "adapter_config.json")
-    return {"steps": source.steps, "first_loss": losses[0], "last_loss": float(np.mean(losses[-5:])),
-            "windows": len(windows)}
+    return {
+        "steps": source.steps,
+        "first_loss": losses[0],
+        "last_loss": float(np.mean(losses[-5:])),
+        "windows": len(windows),
+    }
 
 
 def sort_target_modules(config_path: Path) -> None:
@@ -123,14 +139,18 @@ def check_fits(adapter_file: Path, checkpoint: Path, model: str, key: str) -> in
     for module, ab in sorted(pairs.items()):
         base = weights.get(f"{module}.weight")
         if base is None:
-            raise BuildError(f"{key}: {adapter_file.name} adapts '{module}', which model '{model}' does not have "
-                               "(an adapter for another architecture?)")
+            raise BuildError(
+                f"{key}: {adapter_file.name} adapts '{module}', which model '{model}' does not have "
+                "(an adapter for another architecture?)"
+            )
         if "A" not in ab or "B" not in ab:
             raise BuildError(f"{key}: {adapter_file.name} has lora_A or lora_B missing for '{module}'")
         if len(base) != 2 or ab["A"][1] != base[1] or ab["B"][0] != base[0] or ab["A"][0] != ab["B"][1]:
-            raise BuildError(f"{key}: {adapter_file.name} '{module}' has lora_A {list(ab['A'])}, lora_B "
-                               f"{list(ab['B'])}, but model '{model}' has weight {list(base)} there "
-                               "(an adapter for another architecture?)")
+            raise BuildError(
+                f"{key}: {adapter_file.name} '{module}' has lora_A {list(ab['A'])}, lora_B "
+                f"{list(ab['B'])}, but model '{model}' has weight {list(base)} there "
+                "(an adapter for another architecture?)"
+            )
     return len(pairs)
 
 
@@ -146,8 +166,9 @@ def resolve_alpha(adapter: Adapter, out: Path, key: str) -> float:
         return float(peft["lora_alpha"]) / float(peft["r"])
 
 
-def peft_perplexity(checkpoint: Path, adapter_folder: Path, alpha: float, text: str, context_length: int,
-                    max_tokens: int) -> dict:
+def peft_perplexity(
+    checkpoint: Path, adapter_folder: Path, alpha: float, text: str, context_length: int, max_tokens: int
+) -> dict:
     """The PyTorch (fp32) reference: perplexity of the base model with the adapter at `alpha`, and without it,
     over the same windows validation uses."""
     import torch
@@ -161,7 +182,7 @@ def peft_perplexity(checkpoint: Path, adapter_folder: Path, alpha: float, text: 
     for module in model.modules():
         if isinstance(module, LoraLayer):
             module.scaling = {name: alpha for name in module.scaling}
-    windows = [ids[i:i + context_length] for i in range(0, len(ids), context_length)]
+    windows = [ids[i : i + context_length] for i in range(0, len(ids), context_length)]
     windows = [torch.tensor(w)[None] for w in windows if len(w) > 1]
 
     def ppl() -> float:
@@ -195,15 +216,23 @@ def prepare(params: Params, name: str) -> dict:
             log.info("training LoRA %s on %s (%d steps)", name, adapter.source.data, adapter.source.steps)
             info["training"] = train(adapter.source, checkpoint, out)
         alpha = resolve_alpha(adapter, out, key)
-        manifest = {"adapter": name, "model": adapter.model, "family": spec.family, "file": ADAPTER_FILE,
-                    "alpha": alpha, "source": adapter.source.model_dump(), "sha256": sha256_file(out / ADAPTER_FILE),
-                    **info}
+        manifest = {
+            "adapter": name,
+            "model": adapter.model,
+            "family": spec.family,
+            "file": ADAPTER_FILE,
+            "alpha": alpha,
+            "source": adapter.source.model_dump(),
+            "sha256": sha256_file(out / ADAPTER_FILE),
+            **info,
+        }
         if spec.family == "llm":
             manifest["lora_modules"] = check_fits(out / ADAPTER_FILE, checkpoint, adapter.model, key)
             if (out / PEFT_CONFIG).is_file() and family_settings(params, "llm") is not None:
                 s = family_settings(params, "llm")
-                manifest["reference"] = peft_perplexity(checkpoint, out, alpha, eval_text(s.eval_set),
-                                                        s.context_length, s.max_tokens)
+                manifest["reference"] = peft_perplexity(
+                    checkpoint, out, alpha, eval_text(s.eval_set), s.context_length, s.max_tokens
+                )
                 manifest["reference"]["how"] = "PEFT PeftModel, fp32 PyTorch, same eval windows as validation"
         write_json(out / "manifest.json", manifest)
     log.info("adapter %s for %s: alpha %g %s", name, adapter.model, alpha, manifest.get("reference", ""))

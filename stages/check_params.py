@@ -7,6 +7,7 @@
 Stages that run a family load params through `load_checked_stage_params`; the stages that only prepare data and
 checkpoints use `stages.params` alone and so do not depend on family code.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def check_families(params: Params) -> None:
     """Raise BuildError naming the key of the first problem only the families can see."""
     for name, spec in params.models.items():
         if spec.family not in FAMILIES and spec.family not in NOT_A_FAMILY:
-            raise BuildError(f"models.{name}.family: unknown family '{spec.family}' (known: "
-                             f"{', '.join(sorted(FAMILIES))}, scorer)")
+            raise BuildError(
+                f"models.{name}.family: unknown family '{spec.family}' (known: {', '.join(sorted(FAMILIES))}, scorer)"
+            )
     for name in sorted(params.validate_.model_extra or {}):
         if name not in FAMILIES:
             raise BuildError(f"validate.{name}: unknown key (families: {', '.join(sorted(FAMILIES))})")
@@ -60,8 +62,10 @@ def check_family_settings(params: Params, family_name: str) -> None:
     if settings is None:
         raise BuildError(f"validate.{family_name}: missing (build has {family_name} artifacts)")
     if settings.reference not in params.variants_of(family_name):
-        raise BuildError(f"validate.{family_name}.reference: '{settings.reference}' is not a built variant of "
-                         f"{family_name} (built: {', '.join(params.variants_of(family_name))})")
+        raise BuildError(
+            f"validate.{family_name}.reference: '{settings.reference}' is not a built variant of "
+            f"{family_name} (built: {', '.join(params.variants_of(family_name))})"
+        )
     try:
         family.check_params(settings, params, f"validate.{family_name}")
     except ValueError as e:
@@ -71,16 +75,24 @@ def check_family_settings(params: Params, family_name: str) -> None:
 def check_rule_metric(params: Params, rule, key: str) -> None:
     """A rule's metric (or pattern) names a metric its families produce; a comparison takes no relative bound."""
     families = [rule.family] if rule.family else params.built_families()
-    names = {m for f in families for model in params.models_of(f)
-             for m in get_family(f).metric_names(family_settings(params, f), params, model)}
+    names = {
+        m
+        for f in families
+        for model in params.models_of(f)
+        for m in get_family(f).metric_names(family_settings(params, f), params, model)
+    }
     matched = [m for m in names if fnmatchcase(m, rule.metric)]
     if not matched:
-        raise BuildError(f"{key}.metric: '{rule.metric}' matches no metric of {'/'.join(families)} "
-                         f"(e.g. {', '.join(sorted(names)[:8])})")
+        raise BuildError(
+            f"{key}.metric: '{rule.metric}' matches no metric of {'/'.join(families)} "
+            f"(e.g. {', '.join(sorted(names)[:8])})"
+        )
     comparisons = {m for f in families for m in get_family(f).comparison_metrics}
     if relative(bounds_of(rule)) and all(m in comparisons for m in matched):
-        raise BuildError(f"{key}: '{rule.metric}' already compares with `against`; bound it with max / min, "
-                         "not a change vs the reference")
+        raise BuildError(
+            f"{key}: '{rule.metric}' already compares with `against`; bound it with max / min, "
+            "not a change vs the reference"
+        )
 
 
 def checked(params: Params, path: str | Path) -> Params:
@@ -113,8 +125,10 @@ def main(argv=None) -> int:
     p = load_checked(args.file)
     if args.check:
         write_text(CHECKED_PATH, "params.yaml passed every check\n")  # constant: downstream re-runs never hinge on it
-    print(f"ok: {len(p.models)} models, {len(p.variants)} variants, {len(p.build)} artifacts, {len(p.drafts)} drafts, "
-          f"{len(p.pairs)} pairs, {len(p.prompt_lookup)} prompt-lookup; families {', '.join(p.built_families())}")
+    print(
+        f"ok: {len(p.models)} models, {len(p.variants)} variants, {len(p.build)} artifacts, {len(p.drafts)} drafts, "
+        f"{len(p.pairs)} pairs, {len(p.prompt_lookup)} prompt-lookup; families {', '.join(p.built_families())}"
+    )
     return 0
 
 

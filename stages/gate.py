@@ -8,6 +8,7 @@ without any accuracy rule applying fails there; a metric that is missing, NaN or
 device is reported in mode dev and fails in mode release, as does an emulated one. Writes metrics/gate.json (also on
 failure, for CI to read), prints the table, exits 1 on any failure.
 """
+
 from __future__ import annotations
 
 import sys
@@ -65,8 +66,11 @@ def load_record(artifact: str) -> dict:
 
 def load_source(model: str) -> dict:
     path = reference_path(model)
-    return read_json(path, "source reference") if path.is_file() else {"status": "missing", "metrics": {},
-                                                                       "reason": f"no source reference ({path})"}
+    return (
+        read_json(path, "source reference")
+        if path.is_file()
+        else {"status": "missing", "metrics": {}, "reason": f"no source reference ({path})"}
+    )
 
 
 def rules_for(params: Params, family: str) -> list[GateRule]:
@@ -161,21 +165,46 @@ def rule_rows(ev: Evidence, artifact: str, device: str, level: str, rule: GateRu
     for metric in names:
         is_comparison = metric in family.comparison_metrics
         value = comparison.metrics.get(metric) if is_comparison else metrics.get(metric)
-        reference, where = (None, ref_device) if is_comparison or not thresholds.relative(bounds) \
+        reference, where = (
+            (None, ref_device)
+            if is_comparison or not thresholds.relative(bounds)
             else ev.against_value(artifact, device, against, metric)
+        )
         verdict = thresholds.check(bounds, value, reference, against)
         note = verdict.note or ("no outputs to compare with" if is_comparison and not comparison.metrics else "")
         note = "; ".join(n for n in (note, device_note(device, where, against)) if n)
-        rows.append(Row(artifact, device, level, metric, against, value, verdict.threshold, reference,
-                        "pass" if verdict.ok else "fail", note))
+        rows.append(
+            Row(
+                artifact,
+                device,
+                level,
+                metric,
+                against,
+                value,
+                verdict.threshold,
+                reference,
+                "pass" if verdict.ok else "fail",
+                note,
+            )
+        )
     return rows
 
 
 def absent_row(artifact: str, device: str, result: dict, mode: str) -> Row:
     """dev mode reports an absent target device; release mode fails on it. A missing record always fails."""
     failing = mode == "release" or result.get("status") == "missing"
-    return Row(artifact, device, result.get("status", "missing"), "*", "-", None, f"mode={mode}", None,
-               "fail" if failing else "not_validated", result.get("reason", ""))
+    return Row(
+        artifact,
+        device,
+        result.get("status", "missing"),
+        "*",
+        "-",
+        None,
+        f"mode={mode}",
+        None,
+        "fail" if failing else "not_validated",
+        result.get("reason", ""),
+    )
 
 
 def artifact_rows(ev: Evidence, artifact: str, rules: list[GateRule], mode: str) -> list[Row]:
@@ -190,16 +219,43 @@ def artifact_rows(ev: Evidence, artifact: str, rules: list[GateRule], mode: str)
         if level not in RAN:
             rows.append(absent_row(artifact, device, result, mode))
             continue
-        device_rows = [r for rule in rules if not rule.variants or variant in rule.variants
-                       for r in rule_rows(ev, artifact, device, level, rule)]
+        device_rows = [
+            r
+            for rule in rules
+            if not rule.variants or variant in rule.variants
+            for r in rule_rows(ev, artifact, device, level, rule)
+        ]
         if not any(fnmatchcase(r.metric, pattern) for r in device_rows for pattern in family.accuracy_metrics):
-            device_rows.append(Row(artifact, device, level, "(accuracy)", "-", None, "a rule on "
-                                   + " / ".join(family.accuracy_metrics), None, "fail",
-                                   "no accuracy rule applies to this artifact on this device"))
+            device_rows.append(
+                Row(
+                    artifact,
+                    device,
+                    level,
+                    "(accuracy)",
+                    "-",
+                    None,
+                    "a rule on " + " / ".join(family.accuracy_metrics),
+                    None,
+                    "fail",
+                    "no accuracy rule applies to this artifact on this device",
+                )
+            )
         if level == "emulated" and mode == "release":
-            device_rows.append(Row(artifact, device, level, "*", "-", None, "mode=release", None, "fail",
-                                   f"emulated ({result.get('emulation', {}).get('label', device)}): release mode "
-                                   "needs the real device"))
+            device_rows.append(
+                Row(
+                    artifact,
+                    device,
+                    level,
+                    "*",
+                    "-",
+                    None,
+                    "mode=release",
+                    None,
+                    "fail",
+                    f"emulated ({result.get('emulation', {}).get('label', device)}): release mode "
+                    "needs the real device",
+                )
+            )
         rows += device_rows
     return rows
 
@@ -209,13 +265,29 @@ def coverage_rows(params: Params, rows: list[Row], rules_by_family: dict[str, li
     out = []
     for family, rules in rules_by_family.items():
         for rule in rules:
-            ran = [r for r in rows if params.family_of(r.artifact) == family and r.level in RAN and
-                   (not rule.variants or split_artifact(r.artifact)[1] in rule.variants)]
+            ran = [
+                r
+                for r in rows
+                if params.family_of(r.artifact) == family
+                and r.level in RAN
+                and (not rule.variants or split_artifact(r.artifact)[1] in rule.variants)
+            ]
             if ran and not any(fnmatchcase(r.metric, rule.metric) and r.metric != "(accuracy)" for r in ran):
-                out.append(Row(f"rule:{family}", "-", "-", rule.metric, rule.against or "reference", None,
-                               thresholds.describe(thresholds.bounds_of(rule)), None, "fail",
-                               "the rule matches no metric of any artifact that ran"
-                               + (f" among variants {rule.variants}" if rule.variants else "")))
+                out.append(
+                    Row(
+                        f"rule:{family}",
+                        "-",
+                        "-",
+                        rule.metric,
+                        rule.against or "reference",
+                        None,
+                        thresholds.describe(thresholds.bounds_of(rule)),
+                        None,
+                        "fail",
+                        "the rule matches no metric of any artifact that ran"
+                        + (f" among variants {rule.variants}" if rule.variants else ""),
+                    )
+                )
     return out
 
 
@@ -225,18 +297,36 @@ def pair_rows(params: Params) -> tuple[list[Row], dict]:
     rules = [r for r in params.gate.rules if r.family == SPECULATIVE]
     for name, pair in params.speculative_entries().items():
         path = pair_metrics_path(name)
-        rec = read_json(path, "pair record") if path.is_file() else \
-            {"status": "missing", "metrics": {}, "reason": f"no speculative record ({path})"}
+        rec = (
+            read_json(path, "pair record")
+            if path.is_file()
+            else {"status": "missing", "metrics": {}, "reason": f"no speculative record ({path})"}
+        )
         label = f"pair:{name}"
         device = "+".join(dict.fromkeys((rec.get("main_device") or "-", rec.get("draft_device") or "-")))
-        records[label] = rec | {"family": SPECULATIVE, "device": device,
-                                "devices": {device: {"status": rec["status"], "metrics": rec.get("metrics", {})}}}
+        records[label] = rec | {
+            "family": SPECULATIVE,
+            "device": device,
+            "devices": {device: {"status": rec["status"], "metrics": rec.get("metrics", {})}},
+        }
         if rec["status"] == "refused" or getattr(pair, "expect", "compatible") == "incompatible":
             refused = rec["status"] == "refused"
             ok = refused == (pair.expect == "incompatible")  # only pairs have a draft to refuse
             note = f"refused: {rec['problems'][0]}"[:160] if refused else "the check did not refuse this draft"
-            rows.append(Row(label, device, rec["status"], "tokenizer_check", "-", None, f"expect {pair.expect}",
-                            None, "pass" if ok else "fail", note))
+            rows.append(
+                Row(
+                    label,
+                    device,
+                    rec["status"],
+                    "tokenizer_check",
+                    "-",
+                    None,
+                    f"expect {pair.expect}",
+                    None,
+                    "pass" if ok else "fail",
+                    note,
+                )
+            )
             continue
         if rec["status"] not in RAN:
             rows.append(absent_row(label, device, rec, params.gate.mode))
@@ -246,8 +336,20 @@ def pair_rows(params: Params) -> tuple[list[Row], dict]:
                 continue
             for metric in sorted(k for k in rec["metrics"] if fnmatchcase(k, rule.metric)) or [rule.metric]:
                 verdict = thresholds.check(thresholds.bounds_of(rule), rec["metrics"].get(metric))
-                rows.append(Row(label, device, rec["status"], metric, "-", rec["metrics"].get(metric),
-                                verdict.threshold, None, "pass" if verdict.ok else "fail", verdict.note))
+                rows.append(
+                    Row(
+                        label,
+                        device,
+                        rec["status"],
+                        metric,
+                        "-",
+                        rec["metrics"].get(metric),
+                        verdict.threshold,
+                        None,
+                        "pass" if verdict.ok else "fail",
+                        verdict.note,
+                    )
+                )
     return rows, records
 
 
@@ -255,21 +357,27 @@ def pair_rows(params: Params) -> tuple[list[Row], dict]:
 def gated_record(ev: Evidence, artifact: str, rules: list[GateRule]) -> dict:
     """An artifact's metrics per device, with every comparison the report and cards show (source and reference)."""
     rec, variant = ev.records[artifact], split_artifact(artifact)[1]
-    against = list(dict.fromkeys([SOURCE, ev.reference_variant(artifact)] +
-                                 [r.against for r in rules if r.against]))
+    against = list(dict.fromkeys([SOURCE, ev.reference_variant(artifact)] + [r.against for r in rules if r.against]))
     if any(CPU_PATH in r for r in rec.get("devices", {}).values()) and CPU_PATH not in against:
         against.append(CPU_PATH)
     devices = {}
     for device, result in rec.get("devices", {}).items():
         entry = {"status": result["status"], "metrics": result.get("metrics", {})}
         if result["status"] in RAN:
-            compared = {a: ev.compared(artifact, device, a) for a in against
-                        if a != variant and (a != CPU_PATH or CPU_PATH in result)}
+            compared = {
+                a: ev.compared(artifact, device, a)
+                for a in against
+                if a != variant and (a != CPU_PATH or CPU_PATH in result)
+            }
             entry["vs"] = {a: c.metrics for a, (c, _) in compared.items() if c.metrics}
             entry["worst"] = {a: c.worst for a, (c, _) in compared.items() if c.worst}
         devices[device] = entry
-    return {"family": ev.params.family_of(artifact), "status": rec["status"], "device": rec.get("device"),
-            "devices": devices}
+    return {
+        "family": ev.params.family_of(artifact),
+        "status": rec["status"],
+        "device": rec.get("device"),
+        "devices": devices,
+    }
 
 
 def evaluate(params: Params) -> tuple[list[Row], dict]:
@@ -279,25 +387,50 @@ def evaluate(params: Params) -> tuple[list[Row], dict]:
     rows += coverage_rows(params, rows, rules)
     pairs, pair_records = pair_rows(params)
     artifacts = {a: gated_record(ev, a, rules[params.family_of(a)]) for a in params.build}
-    sources = {f"{m}/{SOURCE}": {"family": rec.get("family"), "status": rec["status"],
-                                 "devices": {SOURCE: {"status": rec["status"], "metrics": rec.get("metrics", {})}}}
-               for m, rec in ev.sources.items()}
+    sources = {
+        f"{m}/{SOURCE}": {
+            "family": rec.get("family"),
+            "status": rec["status"],
+            "devices": {SOURCE: {"status": rec["status"], "metrics": rec.get("metrics", {})}},
+        }
+        for m, rec in ev.sources.items()
+    }
     return rows + pairs, {**sources, **artifacts, **pair_records}
 
 
 def table(rows: list[Row], fmt: str = "simple") -> str:
-    return tabulate([[r.artifact, r.device, r.level, r.metric, r.against, "-" if r.value is None else f"{r.value:.4g}",
-                      r.threshold, "-" if r.reference is None else f"{r.reference:.4g}", r.status.upper(), r.note]
-                     for r in rows],
-                    headers=["artifact", "device", "level", "metric", "vs", "value", "threshold", "reference",
-                             "status", "note"], tablefmt=fmt, disable_numparse=True)
+    return tabulate(
+        [
+            [
+                r.artifact,
+                r.device,
+                r.level,
+                r.metric,
+                r.against,
+                "-" if r.value is None else f"{r.value:.4g}",
+                r.threshold,
+                "-" if r.reference is None else f"{r.reference:.4g}",
+                r.status.upper(),
+                r.note,
+            ]
+            for r in rows
+        ],
+        headers=["artifact", "device", "level", "metric", "vs", "value", "threshold", "reference", "status", "note"],
+        tablefmt=fmt,
+        disable_numparse=True,
+    )
 
 
 def summarize(params: Params, rows: list[Row], records: dict) -> dict:
     failed = [r for r in rows if r.status == "fail"]
-    return {"mode": params.gate.mode, "accept_emulated": params.gate.accept_emulated, "passed": not failed,
-            "counts": {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "not_validated")},
-            "rows": [asdict(r) for r in rows], "artifacts": records}
+    return {
+        "mode": params.gate.mode,
+        "accept_emulated": params.gate.accept_emulated,
+        "passed": not failed,
+        "counts": {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "not_validated")},
+        "rows": [asdict(r) for r in rows],
+        "artifacts": records,
+    }
 
 
 def main(argv=None) -> int:

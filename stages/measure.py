@@ -7,6 +7,7 @@ Each device's workload runs in a fresh process after a warm-up on fixed inputs, 
 alone. Written to metrics/perf/<model>/<variant>.json, apart from the accuracy records: timings change on every
 run, accuracy does not.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -28,8 +29,13 @@ def _child(params: Params, artifact: str, device: str, level: str, options: dict
 
     model, variant = split_artifact(artifact)
     family = get_family(params.family_of(model))
-    ctx = make_context(params, family, model, adapters=[],
-                       device_config=family.device_options(device, params.variants[variant], options))
+    ctx = make_context(
+        params,
+        family,
+        model,
+        adapters=[],
+        device_config=family.device_options(device, params.variants[variant], options),
+    )
     ctx.compile_options = options if level == "emulated" else None
     result = family.performance(artifact_dir(artifact), device, ctx)
     return {**result, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -8,6 +8,7 @@ A pair expected to be compatible that is not fails the stage with the diff and w
 `expect: incompatible` (a negative control) must be refused: its manifest records the refusal and the diff, and
 the stage fails if the check lets it through.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,9 +26,15 @@ def artifact_summary(params: Params, artifact: str, role: str, device: str) -> d
     folder = artifact_dir(artifact)
     manifest = read_json(folder / "manifest.json", f"{role} artifact (run `dvc repro export@{artifact}`)")
     model, variant = artifact.split("/")
-    return {"model": model, "variant": variant, "path": folder.as_posix(), "device": device,
-            "recipe": manifest.get("recipe"), "size_bytes": manifest.get("size_bytes"),
-            "model_xml_sha256": sha256_file(folder / "openvino_model.xml")}
+    return {
+        "model": model,
+        "variant": variant,
+        "path": folder.as_posix(),
+        "device": device,
+        "recipe": manifest.get("recipe"),
+        "size_bytes": manifest.get("size_bytes"),
+        "model_xml_sha256": sha256_file(folder / "openvino_model.xml"),
+    }
 
 
 def devices(params: Params, pair: Pair) -> tuple[str, str]:
@@ -48,11 +55,19 @@ def pair_artifacts(params: Params, name: str) -> dict:
     if not result.ok and pair.expect == "compatible":
         raise BuildError(f"pairs.{name}: draft {pair.draft} is not tokenizer-compatible with {pair.main}:\n  {diff}")
     if result.ok and pair.expect == "incompatible":
-        raise BuildError(f"pairs.{name}: expected the check to refuse draft {pair.draft} (expect: incompatible), "
-                        f"but it passed ({', '.join(result.checked)})")
+        raise BuildError(
+            f"pairs.{name}: expected the check to refuse draft {pair.draft} (expect: incompatible), "
+            f"but it passed ({', '.join(result.checked)})"
+        )
     status = "paired" if result.ok else "refused"
-    manifest = {"pair": name, "status": status, "expect": pair.expect, "main": main, "draft": draft,
-                "tokenizer_check": {"checked": result.checked, "problems": result.problems}}
+    manifest = {
+        "pair": name,
+        "status": status,
+        "expect": pair.expect,
+        "main": main,
+        "draft": draft,
+        "tokenizer_check": {"checked": result.checked, "problems": result.problems},
+    }
     with atomic_dir(pairing_dir(name)) as tmp:
         write_json(tmp / "pairing.json", manifest)
     if result.ok:

@@ -2,6 +2,7 @@
 family, so the stages that prepare data and checkpoints do not depend on family code. Each family's own `Settings`
 (validate.<family>) and the checks that need the families live in stages/check_params.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,20 +71,38 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _checked(self) -> Params:
-        for check in (self._check_names, self._check_build, self._check_sets, self._check_drafts,
-                      self._check_pairs, self._check_adapters, self._check_rule_names):
+        for check in (
+            self._check_names,
+            self._check_build,
+            self._check_sets,
+            self._check_drafts,
+            self._check_pairs,
+            self._check_adapters,
+            self._check_rule_names,
+        ):
             check()
         return self
 
     # ---------------------------------------------------------------- checks (each raises "key: message")
     def _check_names(self) -> None:
         """dvc.yaml tracks `models.<name>`, `variants.<name>`, ...: DVC would read a dot in a name as nesting."""
-        for section in ("models", "variants", "adapters", "pairs", "prompt_lookup", "derived_drafts", "eval_sets",
-                        "calibration", "speech_sets"):
+        for section in (
+            "models",
+            "variants",
+            "adapters",
+            "pairs",
+            "prompt_lookup",
+            "derived_drafts",
+            "eval_sets",
+            "calibration",
+            "speech_sets",
+        ):
             for name in getattr(self, section):
                 if not re.fullmatch(NAME_PATTERN, name):
-                    raise ValueError(f"{section}.{name}: names may use letters, digits, '-' and '_' only "
-                                     "(DVC reads a '.' in a params key as nesting)")
+                    raise ValueError(
+                        f"{section}.{name}: names may use letters, digits, '-' and '_' only "
+                        "(DVC reads a '.' in a params key as nesting)"
+                    )
         for reserved, holds in (("pairs", "the pairing manifests"), ("adapters", "the LoRA adapters")):
             if reserved in self.models or reserved in self.derived_drafts:
                 raise ValueError(f"models.{reserved}: '{reserved}' is reserved (models/{reserved} holds {holds})")
@@ -108,8 +127,9 @@ class Params(Strict):
                 if spec is None:
                     raise ValueError(f"{key}.{i}: unknown model '{model}' in '{name}'")
                 if spec.family in NOT_A_FAMILY:
-                    raise ValueError(f"{key}.{i}: model '{model}' is a {spec.family}: it scores others and is not "
-                                     "exported")
+                    raise ValueError(
+                        f"{key}.{i}: model '{model}' is a {spec.family}: it scores others and is not exported"
+                    )
                 if variant not in self.variants:
                     raise ValueError(f"{key}.{i}: unknown variant '{variant}' in '{name}'")
                 if key == "drafts" and spec.family != "llm":
@@ -137,16 +157,18 @@ class Params(Strict):
     def _check_pairs(self) -> None:
         if (self.pairs or self.prompt_lookup) and self.validate_.speculative is None:
             raise ValueError("validate.speculative: required when pairs or prompt_lookup are defined")
-        entries = [("pairs", n, p) for n, p in self.pairs.items()] + \
-                  [("prompt_lookup", n, p) for n, p in self.prompt_lookup.items()]
+        entries = [("pairs", n, p) for n, p in self.pairs.items()] + [
+            ("prompt_lookup", n, p) for n, p in self.prompt_lookup.items()
+        ]
         for section, name, entry in entries:
             if entry.main not in self.build or self.family_of(entry.main) != "llm":
                 raise ValueError(f"{section}.{name}.main: '{entry.main}' is not an llm artifact in build")
             if section == "pairs" and entry.draft not in self.drafts:
                 raise ValueError(f"pairs.{name}.draft: '{entry.draft}' is not in drafts")
             if entry.prompts and entry.prompts not in self.validate_.speculative.prompt_sets:
-                raise ValueError(f"{section}.{name}.prompts: unknown prompt set '{entry.prompts}' "
-                                 "(validate.speculative.prompt_sets)")
+                raise ValueError(
+                    f"{section}.{name}.prompts: unknown prompt set '{entry.prompts}' (validate.speculative.prompt_sets)"
+                )
 
     def _check_adapters(self) -> None:
         for name, a in self.adapters.items():
@@ -171,8 +193,10 @@ class Params(Strict):
                 if not self.pairs and not self.prompt_lookup:
                     raise ValueError(f"{key}: a speculative rule, but no pairs or prompt_lookup are defined")
                 if not any(fnmatchcase(m, rule.metric) for m in SPECULATIVE_METRICS):
-                    raise ValueError(f"{key}.metric: '{rule.metric}' matches no pair metric "
-                                     f"({', '.join(SPECULATIVE_METRICS)}; speed is reported, not gated)")
+                    raise ValueError(
+                        f"{key}.metric: '{rule.metric}' matches no pair metric "
+                        f"({', '.join(SPECULATIVE_METRICS)}; speed is reported, not gated)"
+                    )
                 continue
             if rule.family is not None and rule.family not in built:
                 raise ValueError(f"{key}.family: build has no {rule.family} model (built: {', '.join(built)})")
@@ -182,8 +206,10 @@ class Params(Strict):
                 if v not in variants:
                     raise ValueError(f"{key}.variants: '{v}' is not a built variant of {'/'.join(families)}")
             if rule.against not in (None, SOURCE, CPU_PATH) and rule.against not in variants:
-                raise ValueError(f"{key}.against: '{rule.against}' is neither 'source', '{CPU_PATH}' (an NPU target's "
-                                 "own CPU path) nor a built variant")
+                raise ValueError(
+                    f"{key}.against: '{rule.against}' is neither 'source', '{CPU_PATH}' (an NPU target's "
+                    "own CPU path) nor a built variant"
+                )
 
     # ---------------------------------------------------------------- lookups
     def spec(self, name: str) -> ModelSpec | None:
@@ -192,8 +218,12 @@ class Params(Strict):
             return self.models[name]
         if name in self.derived_drafts:
             d = self.derived_drafts[name]
-            return ModelSpec(family="llm", source=LocalSource(type="local", path=f"models/{name}/checkpoint"),
-                             license=self.models[d.base].license if d.base in self.models else None, note=d.note)
+            return ModelSpec(
+                family="llm",
+                source=LocalSource(type="local", path=f"models/{name}/checkpoint"),
+                license=self.models[d.base].license if d.base in self.models else None,
+                note=d.note,
+            )
         return None
 
     def family_of(self, artifact_or_model: str) -> str:
@@ -225,11 +255,18 @@ class Params(Strict):
 def user_path(loc: tuple) -> str:
     """A pydantic error location as the user's key path (discriminated-union tags dropped)."""
     parts = [str(p) for p in loc if not str(p).startswith(("function-", "tagged-union"))]
-    return ".".join(p for i, p in enumerate(parts)
-                    if not (p in SOURCE_TYPES + ("manifest", "sphinx", "flite") and i and parts[i - 1] in
-                            ("source", "text") or i >= 2 and parts[i - 2] in ("eval_sets", "calibration",
-                                                                              "speech_sets")
-                            and p in SOURCE_TYPES + ("manifest", "sphinx", "flite")))
+    return ".".join(
+        p
+        for i, p in enumerate(parts)
+        if not (
+            p in SOURCE_TYPES + ("manifest", "sphinx", "flite")
+            and i
+            and parts[i - 1] in ("source", "text")
+            or i >= 2
+            and parts[i - 2] in ("eval_sets", "calibration", "speech_sets")
+            and p in SOURCE_TYPES + ("manifest", "sphinx", "flite")
+        )
+    )
 
 
 def format_errors(err: ValidationError, prefix: str) -> str:
@@ -245,8 +282,10 @@ def format_errors(err: ValidationError, prefix: str) -> str:
             msg = "unknown key"
         key = re.match(r"^([\w.\-]+): ", msg)  # validators name a sub-key first: fold it into the path
         if key:
-            loc, msg = (loc if loc.endswith(key.group(1)) else ".".join(p for p in (loc, key.group(1)) if p)), \
-                msg[key.end():]
+            loc, msg = (
+                (loc if loc.endswith(key.group(1)) else ".".join(p for p in (loc, key.group(1)) if p)),
+                msg[key.end() :],
+            )
         lines.append(f"{head + ': ' if head else ''}{loc + ': ' if loc else ''}{msg}")
     return "\n".join(dict.fromkeys(lines))
 
@@ -277,11 +316,17 @@ def stage_parser(doc: str, **names: bool | str) -> argparse.ArgumentParser:
 def load_stage_params(args: argparse.Namespace) -> Params:
     """Validate params.yaml (the shared sections) and the names given on the command line."""
     params = load_params(args.params)
-    known = {"model": {**params.models, **params.derived_drafts}, "pair": params.speculative_entries(),
-             "draft": params.derived_drafts, "adapter": params.adapters, "artifact": params.build + params.drafts}
+    known = {
+        "model": {**params.models, **params.derived_drafts},
+        "pair": params.speculative_entries(),
+        "draft": params.derived_drafts,
+        "adapter": params.adapters,
+        "artifact": params.build + params.drafts,
+    }
     for flag, names in known.items():
         name = getattr(args, flag, None)
         if name is not None and name not in names:
-            raise BuildError(f"--{flag}: '{name}' is not in {args.params} ({flag}s: "
-                             f"{', '.join(sorted(names)[:10]) or 'none'})")
+            raise BuildError(
+                f"--{flag}: '{name}' is not in {args.params} ({flag}s: {', '.join(sorted(names)[:10]) or 'none'})"
+            )
     return params

@@ -11,6 +11,7 @@ The per-artifact stages depend on their plan file, so editing one recipe, one fa
 re-runs exactly the stages that read it, while dvc.yaml stays one stage per kind (DVC cannot split the
 `<model>/<variant>` names a stage iterates over into the keys it would otherwise depend on).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,40 +36,57 @@ def content_hash(path: Path) -> str:
         for p in sorted(q for q in path.rglob("*") if q.is_file() and ".tmp-" not in q.name):
             h.update(f"{p.relative_to(path).as_posix()}\0{sha256_file(p)}\n".encode())
         return h.hexdigest()
-    raise BuildError(f"{path}: input not built yet (the plan stage runs after evalsets, speechsets, fetch and "
-                     "adapter: `dvc repro plan`)")
+    raise BuildError(
+        f"{path}: input not built yet (the plan stage runs after evalsets, speechsets, fetch and "
+        "adapter: `dvc repro plan`)"
+    )
 
 
 def inputs_hashes(params: Params, family_name: str, model: str) -> dict[str, str]:
     family = get_family(family_name)
-    return {label: content_hash(p) for label, p in
-            family.plan_inputs(family_settings(params, family_name), params, model).items()}
+    return {
+        label: content_hash(p)
+        for label, p in family.plan_inputs(family_settings(params, family_name), params, model).items()
+    }
 
 
 def export_plan(params: Params, artifact: str, role: str) -> dict:
     model, variant_name = split_artifact(artifact)
     spec, variant = params.spec(model), params.variants[variant_name]
-    plan = {"artifact": artifact, "role": role, "family": spec.family, "recipe": variant.recipe(),
-            "trust_remote_code": spec.trust_remote_code, "tokenizer_parity": spec.tokenizer_parity,
-            "checkpoint": content_hash(source_manifest_path(model))}
+    plan = {
+        "artifact": artifact,
+        "role": role,
+        "family": spec.family,
+        "recipe": variant.recipe(),
+        "trust_remote_code": spec.trust_remote_code,
+        "tokenizer_parity": spec.tokenizer_parity,
+        "checkpoint": content_hash(source_manifest_path(model)),
+    }
     if variant.dataset:
         plan["calibration"] = {variant.dataset: content_hash(calibration_path(variant.dataset))}
     return plan
 
 
 def adapters_plan(params: Params, model: str) -> dict:
-    return {name: {"alpha": a.alpha, "manifest": content_hash(adapter_dir(name) / "manifest.json")}
-            for name, a in params.adapters_for(model).items()}
+    return {
+        name: {"alpha": a.alpha, "manifest": content_hash(adapter_dir(name) / "manifest.json")}
+        for name, a in params.adapters_for(model).items()
+    }
 
 
 def validate_plan(params: Params, artifact: str) -> dict:
     model, variant_name = split_artifact(artifact)
     family, variant, common = params.family_of(model), params.variants[variant_name], params.validate_
-    return {"artifact": artifact, "family": family, "targets": variant.targets,
-            "npu": variant.npu.model_dump() if variant.npu else None,
-            "common": common.model_dump(include={"inference_precision", "proxy_device", "emulate"}),
-            "settings": family_settings(params, family).model_dump(), "inputs": inputs_hashes(params, family, model),
-            "adapters": adapters_plan(params, model)}
+    return {
+        "artifact": artifact,
+        "family": family,
+        "targets": variant.targets,
+        "npu": variant.npu.model_dump() if variant.npu else None,
+        "common": common.model_dump(include={"inference_precision", "proxy_device", "emulate"}),
+        "settings": family_settings(params, family).model_dump(),
+        "inputs": inputs_hashes(params, family, model),
+        "adapters": adapters_plan(params, model),
+    }
 
 
 def reference_plan(params: Params, model: str, built: set[str]) -> dict:
@@ -76,8 +94,14 @@ def reference_plan(params: Params, model: str, built: set[str]) -> dict:
     family = params.family_of(model)
     if model not in built:
         return {"model": model, "family": family, "built": False}
-    return {"model": model, "family": family, "built": True, "settings": family_settings(params, family).model_dump(),
-            "inputs": inputs_hashes(params, family, model), "checkpoint": content_hash(source_manifest_path(model))}
+    return {
+        "model": model,
+        "family": family,
+        "built": True,
+        "settings": family_settings(params, family).model_dump(),
+        "inputs": inputs_hashes(params, family, model),
+        "checkpoint": content_hash(source_manifest_path(model)),
+    }
 
 
 def plans(params: Params) -> dict[Path, dict]:

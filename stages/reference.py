@@ -6,6 +6,7 @@ inputs validation uses: the ground truth every artifact, fp16 included, is compa
 Writes metrics/reference/<model>.json and outputs/<model>/source/. A model that is not a built main (a draft, a
 scorer) gets a record saying so.
 """
+
 from __future__ import annotations
 
 from stages.check_params import load_checked_stage_params
@@ -22,8 +23,12 @@ from stages.runner import make_context, save_outputs
 def reference(params: Params, model: str) -> dict:
     plan = read_json(plan_path("reference", model), "plan file (run `dvc repro plan`)")
     if not plan["built"]:
-        record = {"model": model, "family": plan["family"], "status": "not_built",
-                  "reason": "not a main in build: no source reference is needed"}
+        record = {
+            "model": model,
+            "family": plan["family"],
+            "status": "not_built",
+            "reason": "not a main in build: no source reference is needed",
+        }
         save_outputs(source_outputs_dir(model), None)
         write_json(reference_path(model), record)
         return record
@@ -36,8 +41,15 @@ def reference(params: Params, model: str) -> dict:
     log.info("source reference of %s (%s) in PyTorch fp32", model, family.name)
     run = family.reference(checkpoint, ctx)
     save_outputs(source_outputs_dir(model), run)
-    record = {"model": model, "family": family.name, "status": "validated", "device": f"{SOURCE} (PyTorch CPU)",
-              "metrics": run.metrics, "info": run.info, "software": software_versions(REFERENCE_PACKAGES)}
+    record = {
+        "model": model,
+        "family": family.name,
+        "status": "validated",
+        "device": f"{SOURCE} (PyTorch CPU)",
+        "metrics": run.metrics,
+        "info": run.info,
+        "software": software_versions(REFERENCE_PACKAGES),
+    }
     write_json(reference_path(model), record)
     log.info("source %s: %s", model, run.metrics)
     return record

@@ -8,6 +8,7 @@ must hold). A metric the baseline has and the workspace lacks fails ("missing no
 validated on this host (not_compared); metrics new since the baseline are listed as "new". The baseline defaults
 to params `regression.baseline`. Writes metrics/regression.json and exits 1 on any failure.
 """
+
 from __future__ import annotations
 
 import sys
@@ -76,8 +77,10 @@ def baseline_data(rev: str, shown: dict) -> dict:
     data = result["data"]
     artifacts = data.get("artifacts")
     if not isinstance(artifacts, dict) or any("family" not in a for a in artifacts.values()):
-        raise BuildError(f"baseline revision '{rev}': {GATE_PATH} has no per-artifact family/device metrics "
-                           "(written by an older stages.gate); nothing to compare against")
+        raise BuildError(
+            f"baseline revision '{rev}': {GATE_PATH} has no per-artifact family/device metrics "
+            "(written by an older stages.gate); nothing to compare against"
+        )
     return data
 
 
@@ -101,15 +104,22 @@ def numbers(device: dict | None) -> dict[str, float]:
 
 def unvalidated_reasons(gate: dict) -> dict[tuple[str, str], str]:
     """(artifact, device) -> why the gate reported it not_validated (its row note)."""
-    return {(r.get("artifact"), r.get("device")): r.get("note", "") for r in gate.get("rows") or []
-            if r.get("status") == "not_validated"}
+    return {
+        (r.get("artifact"), r.get("device")): r.get("note", "")
+        for r in gate.get("rows") or []
+        if r.get("status") == "not_validated"
+    }
 
 
 # ---------------------------------------------------------------- rules
 def applicable(rules: list[RegressionRule], name: str, family: str | None, metric: str) -> list[RegressionRule]:
-    return [r for r in rules if (r.family is None or r.family == family)
-            and (r.artifacts is None or any(fnmatchcase(name, p) for p in r.artifacts))
-            and fnmatchcase(metric, r.metric)]
+    return [
+        r
+        for r in rules
+        if (r.family is None or r.family == family)
+        and (r.artifacts is None or any(fnmatchcase(name, p) for p in r.artifacts))
+        and fnmatchcase(metric, r.metric)
+    ]
 
 
 def allowed_text(rules: list[RegressionRule]) -> str:
@@ -131,8 +141,16 @@ def change_text(old: float, delta: float) -> str:
 
 
 # ---------------------------------------------------------------- rows
-def metric_row(name: str, device: str, metric: str, old: float | None, new: float | None, status: str,
-               rules: list[RegressionRule], reason: str) -> Row:
+def metric_row(
+    name: str,
+    device: str,
+    metric: str,
+    old: float | None,
+    new: float | None,
+    status: str,
+    rules: list[RegressionRule],
+    reason: str,
+) -> Row:
     """One covered metric; `status` is the device's state now (validated, not_validated, refused, gone ...)."""
     row = Row(name, device, metric, old, new, "-", allowed_text(rules), "")
     if old is None:
@@ -147,8 +165,15 @@ def metric_row(name: str, device: str, metric: str, old: float | None, new: floa
     return row
 
 
-def device_rows(name: str, family: str | None, device: str, old_dev: dict | None, new_dev: dict,
-                rules: list[RegressionRule], reason: str) -> list[Row]:
+def device_rows(
+    name: str,
+    family: str | None,
+    device: str,
+    old_dev: dict | None,
+    new_dev: dict,
+    rules: list[RegressionRule],
+    reason: str,
+) -> list[Row]:
     old_metrics = numbers(old_dev)
     status = new_dev.get("status", "unknown")
     new_metrics = numbers(new_dev) if status in ("validated", "emulated") else {}
@@ -156,21 +181,33 @@ def device_rows(name: str, family: str | None, device: str, old_dev: dict | None
     for metric in dict.fromkeys([*old_metrics, *new_metrics]):
         covering = applicable(rules, name, family, metric)
         if covering:
-            rows.append(metric_row(name, device, metric, old_metrics.get(metric), new_metrics.get(metric), status,
-                                   covering, reason))
+            rows.append(
+                metric_row(
+                    name, device, metric, old_metrics.get(metric), new_metrics.get(metric), status, covering, reason
+                )
+            )
     return rows
 
 
-def artifact_rows(name: str, old: dict | None, new: dict | None, rules: list[RegressionRule],
-                  reasons: dict) -> list[Row]:
+def artifact_rows(
+    name: str, old: dict | None, new: dict | None, rules: list[RegressionRule], reasons: dict
+) -> list[Row]:
     family = (old or new).get("family")
     old_devices, new_devices = (old or {}).get("devices") or {}, (new or {}).get("devices") or {}
     rows = []
     for device in dict.fromkeys([*old_devices, *new_devices]):
-        gone = {"status": "artifact gone" if new is None else
-                f"no {device} result, artifact {new.get('status', 'unknown')}"}
-        rows += device_rows(name, family, device, old_devices.get(device), new_devices.get(device, gone), rules,
-                            reasons.get((name, device), ""))
+        gone = {
+            "status": "artifact gone" if new is None else f"no {device} result, artifact {new.get('status', 'unknown')}"
+        }
+        rows += device_rows(
+            name,
+            family,
+            device,
+            old_devices.get(device),
+            new_devices.get(device, gone),
+            rules,
+            reasons.get((name, device), ""),
+        )
     return rows
 
 
@@ -191,8 +228,19 @@ def coverage_rows(rules: list[RegressionRule], artifacts: dict, rows: list[Row])
         if rule.family is not None and rule.family not in families:
             continue
         if not any(applicable([rule], r.artifact, artifacts[r.artifact].get("family"), r.metric) for r in rows):
-            out.append(Row(f"rule:{rule.family or '*'}", "-", rule.metric, None, None, "-", allowed_text([rule]),
-                           "fail", f"regression.rules.{i} matches no metric of any artifact (baseline or now)"))
+            out.append(
+                Row(
+                    f"rule:{rule.family or '*'}",
+                    "-",
+                    rule.metric,
+                    None,
+                    None,
+                    "-",
+                    allowed_text([rule]),
+                    "fail",
+                    f"regression.rules.{i} matches no metric of any artifact (baseline or now)",
+                )
+            )
     return out
 
 
@@ -201,16 +249,22 @@ def fmt(value: float | None) -> str:
 
 
 def table(rows: list[Row], tablefmt: str = "simple") -> str:
-    return tabulate([[r.artifact, r.device, r.metric, fmt(r.old), fmt(r.new), r.change, r.allowed, r.status.upper(),
-                      r.note] for r in rows],
-                    headers=["artifact", "device", "metric", "old", "new", "change", "allowed", "status", "note"],
-                    tablefmt=tablefmt, disable_numparse=True)
+    return tabulate(
+        [
+            [r.artifact, r.device, r.metric, fmt(r.old), fmt(r.new), r.change, r.allowed, r.status.upper(), r.note]
+            for r in rows
+        ],
+        headers=["artifact", "device", "metric", "old", "new", "change", "allowed", "status", "note"],
+        tablefmt=tablefmt,
+        disable_numparse=True,
+    )
 
 
 def main(argv=None) -> int:
     ap = stage_parser(__doc__)
-    ap.add_argument("--baseline", help="git revision, branch or tag to compare with "
-                                       "(default: params regression.baseline)")
+    ap.add_argument(
+        "--baseline", help="git revision, branch or tag to compare with (default: params regression.baseline)"
+    )
     args = ap.parse_args(argv)
     setup_logging()
     settings = load_stage_params(args).regression

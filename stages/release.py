@@ -9,6 +9,7 @@ An artifact is released when the gate has no failing row for it and it was valid
 never released. A draft is released when a pair using it was validated and passed the gate. Cards carry accuracy,
 the rules applied and the worst examples; no timings (they depend on the host; the report has them).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,11 @@ from stages.core.tokenizers import describe_mismatch
 from stages.families import get_family
 from stages.params import Params, stage_parser
 
-TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-                               undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+)
 DRAFT_USAGE = """import openvino_genai as ov_genai
 
 pipe = ov_genai.LLMPipeline("{main}", "{device}", draft_model=ov_genai.draft_model("{path}", "{device}"))
@@ -78,18 +82,25 @@ def device_rows(record: dict, gated: dict, keys: list[str]) -> list[dict]:
     rows = []
     for device, r in record["devices"].items():
         g = gated.get("devices", {}).get(device, {})
-        values = {**r.get("metrics", {}), **{f"{k} vs {a}": v for a, vs in g.get("vs", {}).items()
-                                             for k, v in vs.items()}}
+        values = {
+            **r.get("metrics", {}),
+            **{f"{k} vs {a}": v for a, vs in g.get("vs", {}).items() for k, v in vs.items()},
+        }
         level = LEVELS.get(r["status"], r["status"]) + (f" ({r['emulation']['label']})" if "emulation" in r else "")
-        rows.append({"device": device, "level": level, "reason": r.get("reason"),
-                     "cells": [fmt(values.get(k)) for k in keys]})
+        rows.append(
+            {"device": device, "level": level, "reason": r.get("reason"), "cells": [fmt(values.get(k)) for k in keys]}
+        )
     return rows
 
 
 def card_keys(family, settings, gated: dict, reference_variant: str) -> list[str]:
     keys = [k for k in family.report_metrics(settings) if k not in family.comparison_metrics]
-    keys += [f"{k} vs {a}" for a in (SOURCE, reference_variant) for k in family.comparison_metrics
-             if any(k in d.get("vs", {}).get(a, {}) for d in gated.get("devices", {}).values())]
+    keys += [
+        f"{k} vs {a}"
+        for a in (SOURCE, reference_variant)
+        for k in family.comparison_metrics
+        if any(k in d.get("vs", {}).get(a, {}) for d in gated.get("devices", {}).values())
+    ]
     return keys
 
 
@@ -97,11 +108,20 @@ def drafts_of(params: Params, gate: dict, artifact: str) -> list[dict]:
     found = []
     for name, pair in params.speculative_entries().items():
         rec = gate["artifacts"].get(f"pair:{name}", {})
-        if pair.main == artifact and rec.get("status") == "validated" and \
-                not [r for r in rows_of(gate, f"pair:{name}") if r["status"] == "fail"]:
-            found.append({"pair": name, "draft": getattr(pair, "draft", "prompt lookup"), "output_match": fmt(rec["metrics"].get("output_match")),
-                          "acceptance": fmt(rec["metrics"].get("acceptance_rate"), ".3f"),
-                          "setting": ", ".join(f"{k}={v}" for k, v in rec.get("best_setting", {}).items())})
+        if (
+            pair.main == artifact
+            and rec.get("status") == "validated"
+            and not [r for r in rows_of(gate, f"pair:{name}") if r["status"] == "fail"]
+        ):
+            found.append(
+                {
+                    "pair": name,
+                    "draft": getattr(pair, "draft", "prompt lookup"),
+                    "output_match": fmt(rec["metrics"].get("output_match")),
+                    "acceptance": fmt(rec["metrics"].get("acceptance_rate"), ".3f"),
+                    "setting": ", ".join(f"{k}={v}" for k, v in rec.get("best_setting", {}).items()),
+                }
+            )
     return found
 
 
@@ -117,18 +137,29 @@ def main_context(params: Params, gate: dict, artifact: str) -> dict:
     source = read_json(reference_path(model), "source reference") if reference_path(model).is_file() else {}
     worst = [example_text(x) for d in gated.get("devices", {}).values() for x in d.get("worst", {}).get(SOURCE, [])]
     infos = [r.get("info") for r in record["devices"].values() if r.get("info")]
-    return {"released": released, "reason": reason, "pairs": [], "metric_keys": keys,
-            "devices": device_rows(record, gated, keys),
-            "source_metrics": ", ".join(f"{k} {fmt(v)}" for k, v in source.get("metrics", {}).items()) or "missing",
-            "rules": [{**r, "value": fmt(r["value"])} for r in rows_of(gate, artifact)],
-            "worst": list(dict.fromkeys(worst))[:5], "eval_info": infos[0] if infos else "not run",
-            "precision": record.get("inference_precision"), "runtime_software": record.get("software", {}),
-            "adapters": [{"name": c, "metrics": {k: fmt(v) for k, v in m.items()}}
-                         for c, m in by_adapter(gated.get("devices", {}).get(record.get("device") or "", {})
-                                                .get("metrics", {})).items()],
-            "adapters_device": record.get("device"), "drafts": drafts_of(params, gate, artifact),
-            "validated_on": [d for d, r in record["devices"].items() if r["status"] in ("validated", "emulated")],
-            "usage": family.usage.format(path=artifact.replace("/", "-"), device=params.variants[variant].target)}
+    return {
+        "released": released,
+        "reason": reason,
+        "pairs": [],
+        "metric_keys": keys,
+        "devices": device_rows(record, gated, keys),
+        "source_metrics": ", ".join(f"{k} {fmt(v)}" for k, v in source.get("metrics", {}).items()) or "missing",
+        "rules": [{**r, "value": fmt(r["value"])} for r in rows_of(gate, artifact)],
+        "worst": list(dict.fromkeys(worst))[:5],
+        "eval_info": infos[0] if infos else "not run",
+        "precision": record.get("inference_precision"),
+        "runtime_software": record.get("software", {}),
+        "adapters": [
+            {"name": c, "metrics": {k: fmt(v) for k, v in m.items()}}
+            for c, m in by_adapter(
+                gated.get("devices", {}).get(record.get("device") or "", {}).get("metrics", {})
+            ).items()
+        ],
+        "adapters_device": record.get("device"),
+        "drafts": drafts_of(params, gate, artifact),
+        "validated_on": [d for d, r in record["devices"].items() if r["status"] in ("validated", "emulated")],
+        "usage": family.usage.format(path=artifact.replace("/", "-"), device=params.variants[variant].target),
+    }
 
 
 def draft_context(params: Params, gate: dict, artifact: str) -> dict:
@@ -137,21 +168,47 @@ def draft_context(params: Params, gate: dict, artifact: str) -> dict:
     for pair_name, pair in ((n, p) for n, p in params.pairs.items() if p.draft == artifact):
         rec = gate["artifacts"].get(f"pair:{pair_name}", {"status": "missing", "metrics": {}})
         m = rec.get("metrics", {})
-        rows.append({"name": pair_name, "main": pair.main, "devices": rec.get("device") or "-",
-                     "status": rec["status"], "output_match": fmt(m.get("output_match")),
-                     "acceptance": fmt(m.get("acceptance_rate"), ".3f"),
-                     "setting": ", ".join(f"{k}={v}" for k, v in rec.get("best_setting", {}).items()) or "-"})
-        if rec["status"] == "validated" and not [r for r in rows_of(gate, f"pair:{pair_name}") if r["status"] == "fail"]:
+        rows.append(
+            {
+                "name": pair_name,
+                "main": pair.main,
+                "devices": rec.get("device") or "-",
+                "status": rec["status"],
+                "output_match": fmt(m.get("output_match")),
+                "acceptance": fmt(m.get("acceptance_rate"), ".3f"),
+                "setting": ", ".join(f"{k}={v}" for k, v in rec.get("best_setting", {}).items()) or "-",
+            }
+        )
+        if rec["status"] == "validated" and not [
+            r for r in rows_of(gate, f"pair:{pair_name}") if r["status"] == "fail"
+        ]:
             served.append((pair_name, pair, rec.get("device") or "CPU"))
-    reason = f"validated as the draft of {', '.join(p for p, _, _ in served)}" if served else \
-        "no validated pair uses it" + (f" ({', '.join(r['name'] + ': ' + r['status'] for r in rows)})" if rows else "")
+    reason = (
+        f"validated as the draft of {', '.join(p for p, _, _ in served)}"
+        if served
+        else "no validated pair uses it"
+        + (f" ({', '.join(r['name'] + ': ' + r['status'] for r in rows)})" if rows else "")
+    )
     device = served[0][2].split("+")[-1] if served else "CPU"
     main = served[0][1].main.replace("/", "-") if served else "<main>"
-    return {"released": bool(served), "reason": reason, "validated_on": sorted({d for *_, d in served}),
-            "pairs": rows, "metric_keys": [], "devices": [], "eval_info": "", "precision": "", "rules": [],
-            "worst": [], "source_metrics": "", "runtime_software": {}, "adapters": [], "adapters_device": None,
-            "drafts": [], "usage": DRAFT_USAGE.format(main=main, path=artifact.replace("/", "-"), device=device)}
-
+    return {
+        "released": bool(served),
+        "reason": reason,
+        "validated_on": sorted({d for *_, d in served}),
+        "pairs": rows,
+        "metric_keys": [],
+        "devices": [],
+        "eval_info": "",
+        "precision": "",
+        "rules": [],
+        "worst": [],
+        "source_metrics": "",
+        "runtime_software": {},
+        "adapters": [],
+        "adapters_device": None,
+        "drafts": [],
+        "usage": DRAFT_USAGE.format(main=main, path=artifact.replace("/", "-"), device=device),
+    }
 
 
 def parity_text(parity: dict) -> str:
@@ -161,8 +218,10 @@ def parity_text(parity: dict) -> str:
         return ""
     matching, probes = sum(f["matching"] for f in folders), sum(f["probes"] for f in folders)
     first = next((m for f in folders for m in f["mismatches"]), None)
-    return f"{matching} of {probes} probes identical" + (f"; first difference: {describe_mismatch(first)}"
-                                                         if first else "")
+    return f"{matching} of {probes} probes identical" + (
+        f"; first difference: {describe_mismatch(first)}" if first else ""
+    )
+
 
 def card(params: Params, gate: dict, artifact: str, role: str) -> tuple[str, dict]:
     """The card text and the artifact's manifest entry; `role` is main (in build) or draft."""
@@ -172,26 +231,51 @@ def card(params: Params, gate: dict, artifact: str, role: str) -> tuple[str, dic
     manifest = read_json(artifact_dir(artifact) / "manifest.json", "export manifest")
     ctx = main_context(params, gate, artifact) if role == "main" else draft_context(params, gate, artifact)
     text_base, hub_id = base_model(manifest["source"])
-    tags = ["openvino", "nncf", recipe.weight_format, *[t.lower() for t in recipe.targets]] + \
-        (["speculative-decoding", "draft"] if role == "draft" else [])
-    front = {"license": spec.license or "other", **({"base_model": hub_id, "base_model_relation": "quantized"}
-                                                     if hub_id else {}),
-             "library_name": "openvino", "pipeline_tag": family.pipeline_tag, "tags": tags}
+    tags = ["openvino", "nncf", recipe.weight_format, *[t.lower() for t in recipe.targets]] + (
+        ["speculative-decoding", "draft"] if role == "draft" else []
+    )
+    front = {
+        "license": spec.license or "other",
+        **({"base_model": hub_id, "base_model_relation": "quantized"} if hub_id else {}),
+        "library_name": "openvino",
+        "pipeline_tag": family.pipeline_tag,
+        "tags": tags,
+    }
     parity = manifest.get("tokenizer_parity") or {}
     text = TEMPLATES.get_template("card.md.j2").render(
-        **ctx, front_matter=yaml.safe_dump(front, sort_keys=False), name=artifact, base=text_base,
-        source=manifest["source"], summary=f"OpenVINO IR of {text_base}, weights compressed to "
-                                           f"{recipe.weight_format} for {', '.join(recipe.targets)}.",
-        note=spec.note, license=spec.license, variant=variant, recipe=recipe_label(recipe),
-        rt_info=manifest.get("rt_info", {}), bitwidths=manifest["weight_bitwidths"],
-        size_mb=manifest["size_bytes"] / 1e6, gate_mode=gate["mode"],
+        **ctx,
+        front_matter=yaml.safe_dump(front, sort_keys=False),
+        name=artifact,
+        base=text_base,
+        source=manifest["source"],
+        summary=f"OpenVINO IR of {text_base}, weights compressed to "
+        f"{recipe.weight_format} for {', '.join(recipe.targets)}.",
+        note=spec.note,
+        license=spec.license,
+        variant=variant,
+        recipe=recipe_label(recipe),
+        rt_info=manifest.get("rt_info", {}),
+        bitwidths=manifest["weight_bitwidths"],
+        size_mb=manifest["size_bytes"] / 1e6,
+        gate_mode=gate["mode"],
         tokenizer=parity_text(parity),
         npu=recipe.npu.model_dump() if recipe.npu else None,
-        export_software=versions(manifest.get("software", {})), runtime_versions=versions(ctx["runtime_software"]))
-    entry = {"name": artifact, "family": family.name, "role": role, "released": ctx["released"],
-             "reason": ctx["reason"], "targets": recipe.targets, "validated_on": ctx["validated_on"],
-             "path": artifact_dir(artifact).as_posix(), "size_bytes": manifest["size_bytes"],
-             "source": manifest["source"], "files": verified_files(artifact, manifest)}
+        export_software=versions(manifest.get("software", {})),
+        runtime_versions=versions(ctx["runtime_software"]),
+    )
+    entry = {
+        "name": artifact,
+        "family": family.name,
+        "role": role,
+        "released": ctx["released"],
+        "reason": ctx["reason"],
+        "targets": recipe.targets,
+        "validated_on": ctx["validated_on"],
+        "path": artifact_dir(artifact).as_posix(),
+        "size_bytes": manifest["size_bytes"],
+        "source": manifest["source"],
+        "files": verified_files(artifact, manifest),
+    }
     return text, entry
 
 
@@ -203,10 +287,14 @@ def verified_files(artifact: str, manifest: dict) -> list[dict]:
     """The artifact's files as they are on disk now; they must match the export manifest's inventory."""
     on_disk = file_inventory(artifact_dir(artifact))
     if on_disk != manifest["files"]:
-        changed = sorted({f["path"] for f in on_disk} ^ {f["path"] for f in manifest["files"]} |
-                         {a["path"] for a, b in zip(on_disk, manifest["files"]) if a != b})
-        raise BuildError(f"{artifact_dir(artifact)}: files differ from its export manifest ({changed[:5]}); "
-                         "re-run `dvc repro` (or `dvc checkout`)")
+        changed = sorted(
+            {f["path"] for f in on_disk} ^ {f["path"] for f in manifest["files"]}
+            | {a["path"] for a, b in zip(on_disk, manifest["files"]) if a != b}
+        )
+        raise BuildError(
+            f"{artifact_dir(artifact)}: files differ from its export manifest ({changed[:5]}); "
+            "re-run `dvc repro` (or `dvc checkout`)"
+        )
     return on_disk
 
 
@@ -219,12 +307,20 @@ def release(params: Params) -> dict:
             card_path = Path(artifact) / "README.md"
             write_text(tmp / card_path, text)
             entries.append({**entry, "card": (RELEASE / card_path).as_posix()})
-        manifest = {"gate_mode": gate["mode"], "gate_passed": gate["passed"],
-                    "released": sum(e["released"] for e in entries), "withheld": sum(not e["released"] for e in entries),
-                    "artifacts": entries}
+        manifest = {
+            "gate_mode": gate["mode"],
+            "gate_passed": gate["passed"],
+            "released": sum(e["released"] for e in entries),
+            "withheld": sum(not e["released"] for e in entries),
+            "artifacts": entries,
+        }
         write_json(tmp / "manifest.json", manifest)
-    log.info("release: %d artifact(s) released, %d withheld (cards and manifest in %s/)", manifest["released"],
-             manifest["withheld"], RELEASE)
+    log.info(
+        "release: %d artifact(s) released, %d withheld (cards and manifest in %s/)",
+        manifest["released"],
+        manifest["withheld"],
+        RELEASE,
+    )
     return manifest
 
 

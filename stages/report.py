@@ -6,6 +6,7 @@ plot data in metrics/plots/ (`dvc plots show`).
 
     python -m stages.report
 """
+
 from __future__ import annotations
 
 import base64
@@ -44,16 +45,21 @@ from stages.runner import CONTACT_SHEET
 
 SUMMARY_PATH, HTML_PATH = REPORTS / "summary.md", REPORTS / "index.html"
 PLOTS_DIR = METRICS / "plots"
-TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-                               autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
-NOTES = ["Levels: validated = on the target device; emulated = the target's software path with its compute on "
-         "another device (e.g. openvino-genai's NPU pipeline through NPUW on CPU), never a pass on the device; "
-         "proxy = measured on another device because no target could run it (not gated).",
-         "vs source: against the checkpoint run in PyTorch fp32 on the same inputs; vs <variant>: against that "
-         "variant on the same device (or its primary device, said in the gate note).",
-         "Performance: after one warm-up, on fixed inputs, in a fresh process (peak RSS is that process's).",
-         "(random-init): a tiny model built in code because no such weights exist offline; its metrics exercise the "
-         "pipeline and say nothing about a real model's accuracy."]
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=jinja2.select_autoescape(["html"]),
+    undefined=jinja2.StrictUndefined,
+)
+NOTES = [
+    "Levels: validated = on the target device; emulated = the target's software path with its compute on "
+    "another device (e.g. openvino-genai's NPU pipeline through NPUW on CPU), never a pass on the device; "
+    "proxy = measured on another device because no target could run it (not gated).",
+    "vs source: against the checkpoint run in PyTorch fp32 on the same inputs; vs <variant>: against that "
+    "variant on the same device (or its primary device, said in the gate note).",
+    "Performance: after one warm-up, on fixed inputs, in a fresh process (peak RSS is that process's).",
+    "(random-init): a tiny model built in code because no such weights exist offline; its metrics exercise the "
+    "pipeline and say nothing about a real model's accuracy.",
+]
 
 
 def optional_json(path: Path) -> dict:
@@ -62,10 +68,14 @@ def optional_json(path: Path) -> dict:
 
 def verdict(gate: dict, release: dict) -> dict:
     failed = [r for r in gate["rows"] if r["status"] == "fail"]
-    return {"passed": gate["passed"], "mode": gate["mode"], "counts": gate["counts"],
-            "failed": [{**r, "value": fmt(r["value"])} for r in failed],
-            "released": [a for a in release.get("artifacts", []) if a["released"]],
-            "withheld": [a for a in release.get("artifacts", []) if not a["released"]]}
+    return {
+        "passed": gate["passed"],
+        "mode": gate["mode"],
+        "counts": gate["counts"],
+        "failed": [{**r, "value": fmt(r["value"])} for r in failed],
+        "released": [a for a in release.get("artifacts", []) if a["released"]],
+        "withheld": [a for a in release.get("artifacts", []) if not a["released"]],
+    }
 
 
 def family_section(params: Params, gate: dict, family_name: str) -> dict:
@@ -76,14 +86,27 @@ def family_section(params: Params, gate: dict, family_name: str) -> dict:
     rows = []
     for model in params.models_of(family_name):
         source = optional_json(reference_path(model))
-        rows.append({"name": f"{model}/{SOURCE}", "recipe": "PyTorch fp32", "targets": "-", "size": "-",
-                     "device": "PyTorch CPU", "level": LEVELS.get(source.get("status"), "missing"),
-                     "cells": [fmt(source.get("metrics", {}).get(k)) for k in direct] + ["-"] * len(compared),
-                     "gate": "reference", "random_init": False})
+        rows.append(
+            {
+                "name": f"{model}/{SOURCE}",
+                "recipe": "PyTorch fp32",
+                "targets": "-",
+                "size": "-",
+                "device": "PyTorch CPU",
+                "level": LEVELS.get(source.get("status"), "missing"),
+                "cells": [fmt(source.get("metrics", {}).get(k)) for k in direct] + ["-"] * len(compared),
+                "gate": "reference",
+                "random_init": False,
+            }
+        )
         for artifact in (a for a in params.artifacts_of(family_name) if split_artifact(a)[0] == model):
             rows += artifact_rows(params, gate, artifact, direct, compared)
-    return {"name": family_name, "columns": direct + compared, "rows": rows,
-            "worst": worst_examples(params, gate, family_name)}
+    return {
+        "name": family_name,
+        "columns": direct + compared,
+        "rows": rows,
+        "worst": worst_examples(params, gate, family_name),
+    }
 
 
 def artifact_rows(params: Params, gate: dict, artifact: str, direct: list[str], compared: list[str]) -> list[dict]:
@@ -91,14 +114,28 @@ def artifact_rows(params: Params, gate: dict, artifact: str, direct: list[str], 
     gated = gate["artifacts"].get(artifact, {})
     manifest = optional_json(artifact_dir(artifact) / "manifest.json")
     recipe = params.variants[variant]
-    base = {"recipe": recipe_label(recipe), "targets": ", ".join(recipe.targets),
-            "size": fmt(manifest.get("size_bytes", 0) / 1e6, ".1f"), "gate": gate_status(gate["rows"], artifact),
-            "random_init": isinstance(params.spec(model).source, TinySource)}
+    base = {
+        "recipe": recipe_label(recipe),
+        "targets": ", ".join(recipe.targets),
+        "size": fmt(manifest.get("size_bytes", 0) / 1e6, ".1f"),
+        "gate": gate_status(gate["rows"], artifact),
+        "random_init": isinstance(params.spec(model).source, TinySource),
+    }
     rows = []
     for device, d in gated.get("devices", {}).items():
-        values = {**d.get("metrics", {}), **{f"{k} vs {a}": v for a, vs in d.get("vs", {}).items() for k, v in vs.items()}}
-        rows.append({**base, "name": artifact, "device": device, "level": LEVELS.get(d["status"], d["status"]),
-                     "cells": [fmt(values.get(k)) for k in direct + compared]})
+        values = {
+            **d.get("metrics", {}),
+            **{f"{k} vs {a}": v for a, vs in d.get("vs", {}).items() for k, v in vs.items()},
+        }
+        rows.append(
+            {
+                **base,
+                "name": artifact,
+                "device": device,
+                "level": LEVELS.get(d["status"], d["status"]),
+                "cells": [fmt(values.get(k)) for k in direct + compared],
+            }
+        )
     return rows
 
 
@@ -117,8 +154,14 @@ def adapter_rows(params: Params, gate: dict) -> list[dict]:
     for artifact in params.build:
         for device, d in gate["artifacts"].get(artifact, {}).get("devices", {}).items():
             for choice, m in by_adapter(d.get("metrics", {})).items():
-                rows.append({"artifact": artifact, "device": device, "adapter": choice,
-                             "metrics": {k: fmt(v) for k, v in m.items()}})
+                rows.append(
+                    {
+                        "artifact": artifact,
+                        "device": device,
+                        "adapter": choice,
+                        "metrics": {k: fmt(v) for k, v in m.items()},
+                    }
+                )
     return rows
 
 
@@ -126,8 +169,14 @@ def performance_rows(params: Params) -> list[dict]:
     rows = []
     for artifact in params.build:
         for device, d in optional_json(performance_path(artifact)).get("devices", {}).items():
-            rows.append({"artifact": artifact, "device": f"{device} ({d['level']})", "hardware": d["hardware"],
-                         "cells": {k: fmt(d["metrics"].get(k), PERFORMANCE[k][1]) for k in PERFORMANCE}})
+            rows.append(
+                {
+                    "artifact": artifact,
+                    "device": f"{device} ({d['level']})",
+                    "hardware": d["hardware"],
+                    "cells": {k: fmt(d["metrics"].get(k), PERFORMANCE[k][1]) for k in PERFORMANCE},
+                }
+            )
     keys = [k for k in PERFORMANCE if any(r["cells"][k] != "-" for r in rows)]
     return [{**r, "cells": [r["cells"][k] for k in keys]} for r in rows], [PERFORMANCE[k][0] for k in keys]
 
@@ -137,16 +186,23 @@ def pair_rows(params: Params, gate: dict) -> list[dict]:
     for name in params.speculative_entries():
         acc, speed = optional_json(pair_metrics_path(name)), optional_json(pair_performance_path(name))
         m, s = acc.get("metrics", {}), speed.get("metrics", {})
-        rows.append({"name": name, "main": f"{acc.get('main', '-')} on {acc.get('main_device', '-')}",
-                     "draft": f"{acc.get('draft', '-')} on {acc.get('draft_device', '-')}",
-                     "status": acc.get("status", "missing"), "output_match": fmt(m.get("output_match")),
-                     "acceptance": fmt(m.get("acceptance_rate"), ".3f"),
-                     "setting": ", ".join(f"{k}={v}" for k, v in acc.get("best_setting", {}).items()) or "-",
-                     "tpot_main": fmt(speed.get("baseline", {}).get("tpot_ms"), ".1f"),
-                     "speedup": fmt(s.get("tpot_speedup"), ".2f"),
-                     "speed_setting": ", ".join(f"{k}={v}" for k, v in speed.get("best_setting", {}).items()) or "-",
-                     "gate": gate_status(gate["rows"], f"pair:{name}"), "problems": acc.get("problems", []),
-                     "sweep": speed.get("sweep") or acc.get("sweep", [])})
+        rows.append(
+            {
+                "name": name,
+                "main": f"{acc.get('main', '-')} on {acc.get('main_device', '-')}",
+                "draft": f"{acc.get('draft', '-')} on {acc.get('draft_device', '-')}",
+                "status": acc.get("status", "missing"),
+                "output_match": fmt(m.get("output_match")),
+                "acceptance": fmt(m.get("acceptance_rate"), ".3f"),
+                "setting": ", ".join(f"{k}={v}" for k, v in acc.get("best_setting", {}).items()) or "-",
+                "tpot_main": fmt(speed.get("baseline", {}).get("tpot_ms"), ".1f"),
+                "speedup": fmt(s.get("tpot_speedup"), ".2f"),
+                "speed_setting": ", ".join(f"{k}={v}" for k, v in speed.get("best_setting", {}).items()) or "-",
+                "gate": gate_status(gate["rows"], f"pair:{name}"),
+                "problems": acc.get("problems", []),
+                "sweep": speed.get("sweep") or acc.get("sweep", []),
+            }
+        )
     return rows
 
 
@@ -154,14 +210,24 @@ def plot_points(params: Params, gate: dict, family_name: str, metric: str, perf:
     points = []
     for artifact in params.artifacts_of(family_name):
         manifest = optional_json(artifact_dir(artifact) / "manifest.json")
-        devices = optional_json(performance_path(artifact)).get("devices", {}) if perf else \
-            gate["artifacts"].get(artifact, {}).get("devices", {})
+        devices = (
+            optional_json(performance_path(artifact)).get("devices", {})
+            if perf
+            else gate["artifacts"].get(artifact, {}).get("devices", {})
+        )
         for device, d in devices.items():
             if metric in d.get("metrics", {}) and isinstance(d["metrics"][metric], (int, float)):
-                points.append({"family": family_name, "artifact": artifact, "device": device,
-                               "label": f"{artifact} ({device})", "metric": metric,
-                               "size_mb": round(manifest.get("size_bytes", 0) / 1e6, 2),
-                               "value": d["metrics"][metric]})
+                points.append(
+                    {
+                        "family": family_name,
+                        "artifact": artifact,
+                        "device": device,
+                        "label": f"{artifact} ({device})",
+                        "metric": metric,
+                        "size_mb": round(manifest.get("size_bytes", 0) / 1e6, 2),
+                        "value": d["metrics"][metric],
+                    }
+                )
     return points
 
 
@@ -186,7 +252,7 @@ def plot_svg(points: list[dict], title: str) -> Markup:
         fig.savefig(buf, format="svg", metadata={"Date": None})
         plt.close(fig)
     svg = buf.getvalue()
-    return Markup(svg[svg.index("<svg"):])  # inline: without the XML declaration and DOCTYPE
+    return Markup(svg[svg.index("<svg") :])  # inline: without the XML declaration and DOCTYPE
 
 
 def plots(params: Params, gate: dict) -> list[dict]:
@@ -199,8 +265,9 @@ def plots(params: Params, gate: dict) -> list[dict]:
             data[kind] += points
             if points:
                 title = f"{family_name}: {metric} vs size"
-                figures.append({"family": family_name, "metric": metric, "title": title,
-                                "svg": plot_svg(points, title)})
+                figures.append(
+                    {"family": family_name, "metric": metric, "title": title, "svg": plot_svg(points, title)}
+                )
     for kind, points in data.items():
         write_json(PLOTS_DIR / f"{kind}_vs_size.json", points)
     return figures
@@ -215,9 +282,16 @@ def contact_sheets(params: Params, gate: dict) -> list[dict]:
             path = device_outputs_dir(artifact, device) / CONTACT_SHEET
             if path.is_file():
                 source = source_outputs_dir(model) / CONTACT_SHEET
-                sheets.append({"artifact": artifact, "device": device, "png": b64(path),
-                               "source_png": b64(source) if source.is_file() else None,
-                               "path": path.as_posix(), "source_path": source.as_posix()})
+                sheets.append(
+                    {
+                        "artifact": artifact,
+                        "device": device,
+                        "png": b64(path),
+                        "source_png": b64(source) if source.is_file() else None,
+                        "path": path.as_posix(),
+                        "source_path": source.as_posix(),
+                    }
+                )
     return sheets
 
 
@@ -244,11 +318,18 @@ def context(params: Params) -> dict:
     gate = read_json(GATE_PATH, "gate summary (run `dvc repro gate`)")
     release = optional_json(RELEASE / "manifest.json")
     perf, perf_columns = performance_rows(params)
-    return {"verdict": verdict(gate, release), "families": [family_section(params, gate, f)
-                                                             for f in params.built_families()],
-            "adapters": adapter_rows(params, gate), "pairs": pair_rows(params, gate), "performance": perf,
-            "performance_columns": perf_columns, "plots": plots(params, gate),
-            "sheets": contact_sheets(params, gate), "times": stage_times(), "notes": NOTES}
+    return {
+        "verdict": verdict(gate, release),
+        "families": [family_section(params, gate, f) for f in params.built_families()],
+        "adapters": adapter_rows(params, gate),
+        "pairs": pair_rows(params, gate),
+        "performance": perf,
+        "performance_columns": perf_columns,
+        "plots": plots(params, gate),
+        "sheets": contact_sheets(params, gate),
+        "times": stage_times(),
+        "notes": NOTES,
+    }
 
 
 def main(argv=None) -> None:

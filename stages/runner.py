@@ -1,5 +1,6 @@
 """How stages run a family: the RunContext built from params (settings, adapters, scorers, device options), and
 where a run's outputs go. Shared by validate, reference, measure and the gate; imports no stage module."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,9 @@ def adapter_runs(params, model: str) -> list[AdapterRun]:
     runs = []
     for name in params.adapters_for(model):
         manifest = read_json(adapter_dir(name) / "manifest.json", f"adapter '{name}' (run `dvc repro adapter@{name}`)")
-        runs.append(AdapterRun(name, adapter_dir(name) / manifest["file"], manifest["alpha"],
-                               manifest.get("reference", {})))
+        runs.append(
+            AdapterRun(name, adapter_dir(name) / manifest["file"], manifest["alpha"], manifest.get("reference", {}))
+        )
     return runs
 
 
@@ -26,11 +28,22 @@ def scorer_dirs(params) -> dict[str, Path]:
     return {name: checkpoint_dir(name) for name, spec in params.models.items() if spec.family == "scorer"}
 
 
-def make_context(params, family: Family, model: str, precision: str | None = None,
-                 adapters: list[AdapterRun] | None = None, device_config: dict | None = None) -> RunContext:
-    return RunContext(family_settings(params, family.name), precision or params.validate_.inference_precision, model=model,
-                      adapters=adapter_runs(params, model) if adapters is None else adapters,
-                      device_config=device_config or {}, scorers=scorer_dirs(params))
+def make_context(
+    params,
+    family: Family,
+    model: str,
+    precision: str | None = None,
+    adapters: list[AdapterRun] | None = None,
+    device_config: dict | None = None,
+) -> RunContext:
+    return RunContext(
+        family_settings(params, family.name),
+        precision or params.validate_.inference_precision,
+        model=model,
+        adapters=adapter_runs(params, model) if adapters is None else adapters,
+        device_config=device_config or {},
+        scorers=scorer_dirs(params),
+    )
 
 
 def save_outputs(folder: Path, run: Validation | None) -> None:

@@ -8,6 +8,7 @@ Headline metrics come from the sweep's best setting (highest acceptance with ide
 record, fastest for the speed record); the whole sweep is recorded beside them. A pair refused by the pair stage
 is recorded as `refused` (with its diff); a missing device as `not_validated`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,8 +42,9 @@ def headline(sweep: list[dict], speed: bool) -> dict:
 
 
 def setting_of(entry: dict) -> dict:
-    return {k: entry[k] for k in ("num_assistant_tokens", "assistant_confidence_threshold", "max_ngram_size")
-            if k in entry}
+    return {
+        k: entry[k] for k in ("num_assistant_tokens", "assistant_confidence_threshold", "max_ngram_size") if k in entry
+    }
 
 
 def lookup_pairing(params: Params, name: str) -> dict:
@@ -50,26 +52,43 @@ def lookup_pairing(params: Params, name: str) -> dict:
     entry = params.prompt_lookup[name]
     device = entry.main_device or params.variants[entry.main.split("/")[1]].target
     model, variant = entry.main.split("/")
-    return {"status": "paired", "expect": "compatible",
-            "main": {"model": model, "variant": variant, "path": artifact_dir(entry.main).as_posix(), "device": device},
-            "draft": {"model": "prompt-lookup", "variant": "-", "path": None, "device": device}}
+    return {
+        "status": "paired",
+        "expect": "compatible",
+        "main": {"model": model, "variant": variant, "path": artifact_dir(entry.main).as_posix(), "device": device},
+        "draft": {"model": "prompt-lookup", "variant": "-", "path": None, "device": device},
+    }
 
 
 def validate_pair(params: Params, name: str, speed: bool = False) -> dict:
-    pairing = lookup_pairing(params, name) if name in params.prompt_lookup else \
-        read_json(pairing_dir(name) / "pairing.json", f"pairing (run `dvc repro pair@{name}`)")
+    pairing = (
+        lookup_pairing(params, name)
+        if name in params.prompt_lookup
+        else read_json(pairing_dir(name) / "pairing.json", f"pairing (run `dvc repro pair@{name}`)")
+    )
     main, draft = pairing["main"], pairing["draft"]
-    record = {"pair": name, "main": f"{main['model']}/{main['variant']}",
-              "draft": "prompt-lookup" if draft["path"] is None else f"{draft['model']}/{draft['variant']}",
-              "main_device": main["device"], "draft_device": draft["device"], "expect": pairing["expect"],
-              "metrics": {}}
+    record = {
+        "pair": name,
+        "main": f"{main['model']}/{main['variant']}",
+        "draft": "prompt-lookup" if draft["path"] is None else f"{draft['model']}/{draft['variant']}",
+        "main_device": main["device"],
+        "draft_device": draft["device"],
+        "expect": pairing["expect"],
+        "metrics": {},
+    }
     missing = [d for d in dict.fromkeys((main["device"], draft["device"])) if not device_present(d)]
     if pairing["status"] == "refused":
-        record |= {"status": "refused", "reason": "tokenizer check refused the draft",
-                   "problems": pairing["tokenizer_check"]["problems"]}
+        record |= {
+            "status": "refused",
+            "reason": "tokenizer check refused the draft",
+            "problems": pairing["tokenizer_check"]["problems"],
+        }
     elif missing:
-        record |= {"status": "not_validated", "reason": f"device {', '.join(missing)} not present on this host "
-                                                        f"(available: {', '.join(available_devices())})"}
+        record |= {
+            "status": "not_validated",
+            "reason": f"device {', '.join(missing)} not present on this host "
+            f"(available: {', '.join(available_devices())})",
+        }
     else:
         record |= run_sweep(params, name, main, draft, speed)
     write_json((pair_performance_path if speed else pair_metrics_path)(name), record)
@@ -80,20 +99,40 @@ def validate_pair(params: Params, name: str, speed: bool = False) -> dict:
 def run_sweep(params: Params, name: str, main: dict, draft: dict, speed: bool) -> dict:
     s, precision = params.validate_.speculative, params.validate_.inference_precision
     lookup = draft["path"] is None
-    settings = speculative_settings(s.num_assistant_tokens, s.assistant_confidence_thresholds,
-                                    s.max_ngram_size if lookup else None)
-    run = speculative_sweep(Path(main["path"]), None if lookup else Path(draft["path"]), main["device"],
-                            draft["device"], {"INFERENCE_PRECISION_HINT": precision}, prompts_for(params, name),
-                            s.max_new_tokens, settings)
+    settings = speculative_settings(
+        s.num_assistant_tokens, s.assistant_confidence_thresholds, s.max_ngram_size if lookup else None
+    )
+    run = speculative_sweep(
+        Path(main["path"]),
+        None if lookup else Path(draft["path"]),
+        main["device"],
+        draft["device"],
+        {"INFERENCE_PRECISION_HINT": precision},
+        prompts_for(params, name),
+        s.max_new_tokens,
+        settings,
+    )
     keep = SPEED if speed else ACCURACY
     sweep = [{**setting_of(e), **{k: e[k] for k in keep}} for e in run["sweep"]]
     best = headline(run["sweep"], speed)
     metrics = {k: best[k] for k in keep if k != "mismatches"}
-    extra = {"baseline": run["baseline"], "device_names": {d: device_name(d) for d in
-                                                           dict.fromkeys((main["device"], draft["device"]))}} \
-        if speed else {}
-    return {"status": "validated", "inference_precision": precision, "best_setting": setting_of(best),
-            "metrics": metrics, "sweep": sweep, "prompts": len(prompts_for(params, name)), **extra}
+    extra = (
+        {
+            "baseline": run["baseline"],
+            "device_names": {d: device_name(d) for d in dict.fromkeys((main["device"], draft["device"]))},
+        }
+        if speed
+        else {}
+    )
+    return {
+        "status": "validated",
+        "inference_precision": precision,
+        "best_setting": setting_of(best),
+        "metrics": metrics,
+        "sweep": sweep,
+        "prompts": len(prompts_for(params, name)),
+        **extra,
+    }
 
 
 def main(argv=None) -> None:

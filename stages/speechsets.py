@@ -5,6 +5,7 @@
 Sources: a JSONL manifest (audio path + reference text), a folder with a Sphinx-style transcription file
 ("<s> text </s> (utterance_id)"), a Hugging Face `datasets` split (online users), or sentences spoken by flite.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,11 @@ def sentences(text: str, min_words: int, max_words: int) -> list[str]:
     out = []
     for s in re.split(r"(?<=[.!?])\s+", text):
         s = s.strip()
-        if (min_words <= len(s.split()) <= max_words and s[0].isupper()  # not a fragment cut by the slice
-                and re.fullmatch(r"[A-Za-z0-9 ,;:'\-.!?]+", s)):
+        if (
+            min_words <= len(s.split()) <= max_words
+            and s[0].isupper()  # not a fragment cut by the slice
+            and re.fullmatch(r"[A-Za-z0-9 ,;:'\-.!?]+", s)
+        ):
             out.append(s)
     return out
 
@@ -54,7 +58,7 @@ def sentences(text: str, min_words: int, max_words: int) -> list[str]:
 def from_flite(spec: FliteSpeech, workdir: Path, key: str) -> list[dict]:
     if shutil.which("flite") is None:
         raise BuildError("flite is not installed (apt-get install flite)")
-    chosen = sentences(slice_text(spec.text, f"{key}.text")[0], spec.min_words, spec.max_words)[:spec.count]
+    chosen = sentences(slice_text(spec.text, f"{key}.text")[0], spec.min_words, spec.max_words)[: spec.count]
     if len(chosen) < spec.count:
         raise BuildError(f"{key}.count: only {len(chosen)} usable sentences, count asks for {spec.count}")
     entries = []

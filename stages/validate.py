@@ -9,6 +9,7 @@ the real device), `not_validated` (with the reason). With `validate.proxy_device
 the artifact is also measured there and labelled as a proxy. Outputs (generations, hypotheses, images) are saved
 per device in outputs/<model>/<variant>/<device>/. Timings are not measured here: perf/dvc.yaml does that.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,9 @@ def validate(params: Params, artifact: str) -> dict:
             devices[device] = {"status": level, "reason": reason}
             log.warning("%s not validated on %s: %s", artifact, device, reason)
             continue
-        ctx = make_context(params, family, model, adapters=adapters,
-                           device_config=family.device_options(run_device, variant, options))
+        ctx = make_context(
+            params, family, model, adapters=adapters, device_config=family.device_options(run_device, variant, options)
+        )
         ctx.compile_options = options if level == "emulated" else None
         devices[device], runs[device] = run_on(family, artifact, run_device, level, ctx)
         if level == "emulated":
@@ -80,11 +82,20 @@ def validate(params: Params, artifact: str) -> dict:
             cpu.compile_options = dict(EXACT_CPU)
             devices[device][CPU_PATH], runs[f"{device}.{CPU_PATH}"] = run_on(family, artifact, "CPU", CPU_PATH, cpu)
     ran = [d for d in variant.targets if devices[d]["status"] in ("validated", "emulated")]
-    record = {"artifact": artifact, "model": model, "variant": variant_name, "family": family.name,
-              "targets": variant.targets, "inference_precision": common.inference_precision,
-              "software": software_versions(RUNTIME_PACKAGES), "size_bytes": manifest["size_bytes"],
-              "weight_bitwidths": manifest["weight_bitwidths"], "status": artifact_status(devices),
-              "device": ran[0] if ran else None, "devices": devices}
+    record = {
+        "artifact": artifact,
+        "model": model,
+        "variant": variant_name,
+        "family": family.name,
+        "targets": variant.targets,
+        "inference_precision": common.inference_precision,
+        "software": software_versions(RUNTIME_PACKAGES),
+        "size_bytes": manifest["size_bytes"],
+        "weight_bitwidths": manifest["weight_bitwidths"],
+        "status": artifact_status(devices),
+        "device": ran[0] if ran else None,
+        "devices": devices,
+    }
     proxy = common.proxy_device
     if not ran and proxy and proxy not in variant.targets and device_present(proxy):
         ctx = make_context(params, family, model, adapters=adapters)
@@ -95,8 +106,12 @@ def validate(params: Params, artifact: str) -> dict:
             (tmp / device_folder(device)).mkdir()
             write_outputs(tmp / device_folder(device), run)
     write_json(validation_path(artifact), record)
-    log.info("%s: %s %s", artifact, record["status"],
-             {d: r.get("metrics") for d, r in devices.items() if "metrics" in r} or record.get("proxy", {}))
+    log.info(
+        "%s: %s %s",
+        artifact,
+        record["status"],
+        {d: r.get("metrics") for d, r in devices.items() if "metrics" in r} or record.get("proxy", {}),
+    )
     return record
 
 
@@ -118,8 +133,12 @@ def adhoc(ir: Path, device: str, text_file: Path, params_path: str) -> dict:
     if not text_file.is_file():
         raise BuildError(f"--text: {text_file} not found")
     if not device_present(device):
-        return {"artifact": str(ir), "device": device, "status": "not_validated",
-                "reason": f"device {device} not present (available: {', '.join(available_devices())})"}
+        return {
+            "artifact": str(ir),
+            "device": device,
+            "status": "not_validated",
+            "reason": f"device {device} not present (available: {', '.join(available_devices())})",
+        }
     context_length, max_tokens, precision = 512, 2048, "f32"
     if Path(params_path).is_file():
         p = load_params(params_path)
@@ -127,8 +146,13 @@ def adhoc(ir: Path, device: str, text_file: Path, params_path: str) -> dict:
             context_length, max_tokens = family_settings(p, "llm").context_length, family_settings(p, "llm").max_tokens
         precision = p.validate_.inference_precision
     ppl = perplexity(ir, text_file.read_text(), device, precision, context_length, max_tokens)
-    return {"artifact": str(ir), "device": device, "status": "validated", "inference_precision": precision,
-            "metrics": ppl}
+    return {
+        "artifact": str(ir),
+        "device": device,
+        "status": "validated",
+        "inference_precision": precision,
+        "metrics": ppl,
+    }
 
 
 def main(argv=None) -> None:

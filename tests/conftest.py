@@ -12,9 +12,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # DVC stage commands say `python`: make it this interpreter
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-EVAL_TEXT = ("The committee met on Tuesday to discuss the budget. After a long debate, the members agreed "
-             "that the library should stay open on weekends, and that the new reading room would be finished "
-             "before winter. Everyone went home tired but satisfied. ") * 6
+EVAL_TEXT = (
+    "The committee met on Tuesday to discuss the budget. After a long debate, the members agreed "
+    "that the library should stay open on weekends, and that the new reading room would be finished "
+    "before winter. Everyone went home tired but satisfied. "
+) * 6
 
 
 @pytest.fixture(scope="session")
@@ -31,8 +33,13 @@ def tiny_params(checkpoint: Path, text_file: Path) -> dict:
             "fp16": {"weight_format": "fp16"},
             "int8": {"weight_format": "int8"},
             "int4": {"weight_format": "int4", "group_size": 32, "sym": False, "ratio": 1.0},
-            "int4-npu": {"weight_format": "int4", "target": "NPU", "group_size": -1, "sym": True,
-                         "npu": {"max_prompt_len": 64, "min_response_len": 16}},
+            "int4-npu": {
+                "weight_format": "int4",
+                "target": "NPU",
+                "group_size": -1,
+                "sym": True,
+                "npu": {"max_prompt_len": 64, "min_response_len": 16},
+            },
         },
         "build": ["tiny/fp16", "tiny/int8", "tiny/int4", "tiny/int4-npu"],
         "eval_sets": {"text": {"path": str(text_file), "max_chars": 2000}},
@@ -44,15 +51,34 @@ def tiny_params(checkpoint: Path, text_file: Path) -> dict:
         "pairs": {},
         "prompt_lookup": {},
         # performance runs in perf/dvc.yaml; only the tests about it run that pipeline
-        "validate": {"inference_precision": "f32", "proxy_device": "CPU", "performance": False, "emulate": ["NPU"],
-                     "llm": {"reference": "fp16", "eval_set": "text", "context_length": 64, "max_tokens": 256,
-                             "max_new_tokens": 8, "prompts": ["Paris is", "def main():"]}},
-        "gate": {"mode": "dev", "rules": [
-            {"family": "llm", "metric": "perplexity", "max": 1e9},
-            {"family": "llm", "metric": "perplexity", "against": "source", "variants": ["fp16"],
-             "max_increase_pct": 1},
-            {"family": "llm", "metric": "perplexity", "variants": ["int8"], "max_increase_pct": 50},
-        ]},
+        "validate": {
+            "inference_precision": "f32",
+            "proxy_device": "CPU",
+            "performance": False,
+            "emulate": ["NPU"],
+            "llm": {
+                "reference": "fp16",
+                "eval_set": "text",
+                "context_length": 64,
+                "max_tokens": 256,
+                "max_new_tokens": 8,
+                "prompts": ["Paris is", "def main():"],
+            },
+        },
+        "gate": {
+            "mode": "dev",
+            "rules": [
+                {"family": "llm", "metric": "perplexity", "max": 1e9},
+                {
+                    "family": "llm",
+                    "metric": "perplexity",
+                    "against": "source",
+                    "variants": ["fp16"],
+                    "max_increase_pct": 1,
+                },
+                {"family": "llm", "metric": "perplexity", "variants": ["int8"], "max_increase_pct": 50},
+            ],
+        },
     }
 
 
@@ -68,8 +94,12 @@ def scaffold(root: Path, params: dict) -> Path:
         (root / keep).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / keep, root / keep)
     write_params(root, params)
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"],
-                [sys.executable, "-m", "dvc", "init", "-q"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "t@t"],
+        ["git", "config", "user.name", "t"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+    ):
         subprocess.run(cmd, cwd=root, check=True)
     return root
 
@@ -86,9 +116,12 @@ def project(tmp_path, tiny_checkpoint, monkeypatch):
 
 def prepare(root: Path, *stages: str) -> None:
     """The stages every artifact needs before export: params check, data sets, fetch, plan."""
-    for args in [("stages.check_params", "--check"), ("stages.evalsets",), ("stages.speechsets",)] + \
-            [("stages.fetch", "--model", m) for m in yaml.safe_load((root / "params.yaml").read_text())["models"]] + \
-            [("stages.plan",)] + [tuple(s.split()) for s in stages]:
+    for args in (
+        [("stages.check_params", "--check"), ("stages.evalsets",), ("stages.speechsets",)]
+        + [("stages.fetch", "--model", m) for m in yaml.safe_load((root / "params.yaml").read_text())["models"]]
+        + [("stages.plan",)]
+        + [tuple(s.split()) for s in stages]
+    ):
         run_stage(*args, cwd=root)
 
 
@@ -137,8 +170,9 @@ def write_params(root: Path, params: dict) -> Path:
 
 def run_stage(*args, cwd=None, check=True, env=None):
     """Run `python -m stages.<...>` as DVC would; returns the CompletedProcess."""
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -156,6 +190,9 @@ def error_line(proc) -> str:
 def assert_nothing_written(root: Path) -> None:
     """No file (and no leftover temp folder) below root."""
     in_git = REPO / "models" / "adapters" / "README.md"  # scaffold copies it: not an output
-    leftovers = [p for p in root.rglob("*") if (p.is_file() and p.read_bytes() != in_git.read_bytes())
-                 or ".tmp-" in p.name] if root.exists() else []
+    leftovers = (
+        [p for p in root.rglob("*") if (p.is_file() and p.read_bytes() != in_git.read_bytes()) or ".tmp-" in p.name]
+        if root.exists()
+        else []
+    )
     assert not leftovers, f"half-written output left behind: {leftovers[:5]}"

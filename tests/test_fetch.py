@@ -45,8 +45,12 @@ def fake_hub_cache(root, checkpoint, with_pickle=False):
 def test_hub_source_resolves_revision_and_filters_pickle(project, tiny_checkpoint, tmp_path, allow_pickle):
     cache = fake_hub_cache(tmp_path / "hub", tiny_checkpoint, with_pickle=True)
     set_source(project, {"type": "hub", "repo_id": "org/tiny", "revision": "main"}, allow_pickle=allow_pickle)
-    run_stage("stages.fetch", "--model", "tiny", env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
-                                                      "HF_TOKEN": "hf_secret_token_value"})
+    run_stage(
+        "stages.fetch",
+        "--model",
+        "tiny",
+        env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_secret_token_value"},
+    )
     out = project / "models/tiny/checkpoint"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["requested_revision"] == "main"
@@ -61,8 +65,9 @@ def test_hub_repo_with_only_pickle_weights_is_refused(project, tiny_checkpoint, 
     (ckpt / "model.safetensors").unlink()
     cache = fake_hub_cache(tmp_path / "hub", ckpt, with_pickle=True)
     set_source(project, {"type": "hub", "repo_id": "org/tiny", "revision": "main"})
-    proc = run_stage("stages.fetch", "--model", "tiny", check=False,
-                     env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
+    proc = run_stage(
+        "stages.fetch", "--model", "tiny", check=False, env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    )
     assert proc.returncode != 0
     assert "no weights found" in proc.stderr and "allow_pickle is false" in proc.stderr
     assert_nothing_written(project / "models")
@@ -85,8 +90,10 @@ def test_corrupt_ct2_model_bin_is_refused_and_nothing_written(project, tmp_path)
     truncated = tmp_path / "model.bin"
     truncated.write_bytes((meta / "model.bin").read_bytes()[:200_000])
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["models"]["broken-whisper"] = {"family": "whisper", "source": {
-        "type": "ct2", "model_files": [str(truncated)], "meta_dir": str(meta)}}
+    params["models"]["broken-whisper"] = {
+        "family": "whisper",
+        "source": {"type": "ct2", "model_files": [str(truncated)], "meta_dir": str(meta)},
+    }
     write_params(project, params)
     proc = run_stage("stages.fetch", "--model", "broken-whisper", check=False)
     assert proc.returncode != 0
@@ -172,9 +179,11 @@ def test_a_local_folder_that_is_not_a_checkpoint_is_refused_at_fetch(project, tm
     set_source(project, {"type": "local", "path": str(folder)})
     proc = run_stage("stages.fetch", "--model", "tiny", check=False)
     assert proc.returncode == 1
-    assert error_line(proc) == ("error: models.tiny.source: no config.json / model_index.json / openvino_model.xml"
-                                   " / modules.json in the checkpoint: not a transformers, diffusers or OpenVINO "
-                                   "model folder")
+    assert error_line(proc) == (
+        "error: models.tiny.source: no config.json / model_index.json / openvino_model.xml"
+        " / modules.json in the checkpoint: not a transformers, diffusers or OpenVINO "
+        "model folder"
+    )
     assert_nothing_written(project / "models")
 
 

@@ -1,5 +1,6 @@
 """A full disk while a stage writes its output: a small tmpfs mounted where the output goes. The stage fails with one
 line naming the output and leaves nothing in the folder but what was there before (no output, no temp sibling)."""
+
 import contextlib
 import shutil
 import subprocess
@@ -14,8 +15,9 @@ from tests.conftest import error_line, prepare, run_stage
 def small_disk(folder: Path, size_kb: int):
     """`folder` as a tmpfs of `size_kb` KiB (root only; skipped where mounting is not permitted)."""
     folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to fill ({proc.stderr.strip() or 'mount failed'}): needs root")
     try:

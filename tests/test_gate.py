@@ -1,5 +1,6 @@
 """The gate on hand-written validation records: rules against the source and against a variant, per device, and
 every way it could pass without evidence (a rule matching nothing, no accuracy rule, NaN, a missing metric)."""
+
 import json
 
 import pytest
@@ -20,8 +21,16 @@ def record(project, variant, devices=None, absent=(), **metrics):
     entries = {d: {"status": level, "metrics": metrics} for d, level in devices.items()}
     entries |= {d: {"status": "not_validated", "reason": f"device {d} is not present on this host"} for d in absent}
     ran = [d for d, level in devices.items() if level in ("validated", "emulated")]
-    path.write_text(json.dumps({"status": "validated" if ran else "not_validated", "family": "llm",
-                                "device": ran[0] if ran else None, "devices": entries}))
+    path.write_text(
+        json.dumps(
+            {
+                "status": "validated" if ran else "not_validated",
+                "family": "llm",
+                "device": ran[0] if ran else None,
+                "devices": entries,
+            }
+        )
+    )
 
 
 def source(project, **metrics):
@@ -95,7 +104,9 @@ def test_missing_metric_file_missing_value_and_nan_fail(validated):
     (validated / "metrics/validate/tiny/int4.json").unlink()
     assert [r.status for r in rows_for("tiny/int4")] == ["fail"]
     record(validated, "int8")  # validated, but no perplexity
-    assert {(r.status, r.note) for r in rows_for("tiny/int8") if r.metric == "perplexity"} == {("fail", "metric missing")}
+    assert {(r.status, r.note) for r in rows_for("tiny/int8") if r.metric == "perplexity"} == {
+        ("fail", "metric missing")
+    }
     record(validated, "int8", perplexity="nan")  # how write_json stores a NaN
     notes = {r.note for r in rows_for("tiny/int8") if r.metric == "perplexity"}
     assert notes == {"value is nan: not a finite number"}
@@ -117,7 +128,8 @@ def test_an_artifact_gated_on_no_accuracy_metric_fails(validated):
     record(validated, "fp16", perplexity=50.1, eval_tokens=200.0)
     rows = [r for r in rows_for("tiny/fp16") if r.status == "fail"]
     assert [(r.metric, r.note) for r in rows] == [
-        ("(accuracy)", "no accuracy rule applies to this artifact on this device")]
+        ("(accuracy)", "no accuracy rule applies to this artifact on this device")
+    ]
 
 
 def test_family_default_rules_apply_when_params_name_none(validated):
@@ -130,19 +142,26 @@ def test_family_default_rules_apply_when_params_name_none(validated):
 def test_comparisons_are_per_device_against_the_same_device(validated):
     """Outputs, comparisons and rows per device; a reference that did not run on a device is said so."""
     record(validated, "fp16", devices={"CPU": "validated", "HETERO:CPU": "validated"}, perplexity=50.1)
-    record(validated, "int8", devices={"CPU": "validated", "HETERO:CPU": "validated", "AUTO:CPU": "validated"},
-           perplexity=51.0)
+    record(
+        validated,
+        "int8",
+        devices={"CPU": "validated", "HETERO:CPU": "validated", "AUTO:CPU": "validated"},
+        perplexity=51.0,
+    )
     gens(validated, "fp16/CPU", ["the capital is Paris", "abc"])
     gens(validated, "fp16/HETERO_CPU", ["the capital is Paris", "xyz"])
     for device in ("CPU", "HETERO_CPU", "AUTO_CPU"):
         gens(validated, f"int8/{device}", ["the capital is Paris", "abc"])
     rules = yaml.safe_load((validated / "params.yaml").read_text())["gate"]["rules"]
-    set_rules(validated, rules + [{"family": "llm", "metric": "generation_exact_match", "variants": ["int8"],
-                                   "min": 0.9}])
+    set_rules(
+        validated, rules + [{"family": "llm", "metric": "generation_exact_match", "variants": ["int8"], "min": 0.9}]
+    )
     rows = {r.device: r for r in rows_for("tiny/int8") if r.metric == "generation_exact_match"}
     assert (rows["CPU"].value, rows["CPU"].status) == (1.0, "pass")
     assert (rows["HETERO:CPU"].value, rows["HETERO:CPU"].status) == (0.5, "fail")  # vs fp16 on HETERO:CPU
-    assert rows["AUTO:CPU"].value == 1.0 and "fp16 compared on CPU (fp16 did not run on AUTO:CPU)" in rows["AUTO:CPU"].note
+    assert (
+        rows["AUTO:CPU"].value == 1.0 and "fp16 compared on CPU (fp16 did not run on AUTO:CPU)" in rows["AUTO:CPU"].note
+    )
 
 
 def test_emulated_device_is_gated_and_labelled_and_fails_in_release_mode(validated):
@@ -151,8 +170,9 @@ def test_emulated_device_is_gated_and_labelled_and_fails_in_release_mode(validat
     assert {(r.level, r.status) for r in rows} == {("emulated", "pass")}
     rules = yaml.safe_load((validated / "params.yaml").read_text())["gate"]["rules"]
     set_rules(validated, rules, mode="release")
-    assert "release mode needs the real device" in " ".join(r.note for r in rows_for("tiny/int4-npu")
-                                                           if r.status == "fail")
+    assert "release mode needs the real device" in " ".join(
+        r.note for r in rows_for("tiny/int4-npu") if r.status == "fail"
+    )
 
 
 def test_cli_fails_with_table_and_still_writes_summary(validated):
@@ -171,4 +191,5 @@ def test_merge_conflicted_record_is_one_clear_error(validated):
     proc = run_stage("stages.gate", check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == (
         "error: metrics/validate/tiny/int8.json: contains git merge-conflict markers; resolve them or re-run the "
-        "stage that writes it")
+        "stage that writes it"
+    )

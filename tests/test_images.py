@@ -1,5 +1,6 @@
 """Text-to-image and VLM families on tiny random-init models built in code: the pipeline end to end (dvc repro),
 CLIP score arithmetic, seed determinism, and bad inputs."""
+
 import json
 import subprocess
 import sys
@@ -23,11 +24,22 @@ def image_params(tmp_path) -> dict:
     p["variants"]["int4"]["group_size_fallback"] = "adjust"
     p["build"] = ["tiny-sd/fp16", "tiny-sd/int8", "tiny-sd/int4", "tiny-llava/fp16", "tiny-llava/int8"]
     del p["validate"]["llm"]
-    p["validate"]["text2image"] = {"reference": "fp16", "prompts": "prompts/text2image.txt", "clip_model": "tiny-clip",
-                                   "seeds": [0, 1], "width": 64, "height": 64, "num_inference_steps": 3}
-    p["validate"]["vlm"] = {"reference": "fp16", "images": ["skimage:astronaut", "matplotlib:grace_hopper.jpg"],
-                            "questions": "prompts/vlm-questions.txt", "embedding_model": "minilm",
-                            "max_new_tokens": 8}
+    p["validate"]["text2image"] = {
+        "reference": "fp16",
+        "prompts": "prompts/text2image.txt",
+        "clip_model": "tiny-clip",
+        "seeds": [0, 1],
+        "width": 64,
+        "height": 64,
+        "num_inference_steps": 3,
+    }
+    p["validate"]["vlm"] = {
+        "reference": "fp16",
+        "images": ["skimage:astronaut", "matplotlib:grace_hopper.jpg"],
+        "questions": "prompts/vlm-questions.txt",
+        "embedding_model": "minilm",
+        "max_new_tokens": 8,
+    }
     p["gate"]["rules"] = [
         {"family": "text2image", "metric": "ssim", "variants": ["fp16"], "against": "source", "min": 0.9},
         {"family": "text2image", "metric": "ssim", "variants": ["int8"], "min": 0.5},
@@ -111,9 +123,16 @@ def test_empty_prompt_file_is_one_clear_error(image_project, tmp_path):
     params = image_params(image_project)
     params["validate"]["text2image"]["prompts"] = "prompts/empty.txt"
     write_params(tmp_path, params)
-    proc = run_stage("stages.validate", "--params", str(tmp_path / "params.yaml"), "--artifact", "tiny-sd/int8",
-                     cwd=image_project, check=False,
-                     env={"PYTHONPATH": str(image_project)})
+    proc = run_stage(
+        "stages.validate",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--artifact",
+        "tiny-sd/int8",
+        cwd=image_project,
+        check=False,
+        env={"PYTHONPATH": str(image_project)},
+    )
     assert proc.returncode != 0
     assert "validate.text2image.prompts: prompts/empty.txt has no prompts" in proc.stderr
     assert record(image_project, "tiny-sd", "int8")["metrics"]["images"] == 8  # the earlier result is untouched
@@ -146,16 +165,19 @@ def test_text2image_lora_switched_per_call(image_project, tmp_path):
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(image_project / "models/tiny-sd/checkpoint", subfolder="unet")
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    )
     kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in get_peft_model_state_dict(unet).items()})
     save_file({k: v.float().contiguous() for k, v in kohya.items()}, tmp_path / "style.safetensors")
     lora = AdapterRun("style", tmp_path / "style.safetensors", 0.2)
     s = Text2ImageValidation(prompts="-", clip_model="-", width=64, height=64, num_inference_steps=3)
     artifact = image_project / "models/tiny-sd/fp16"
     pipe = image_pipeline(artifact, "CPU", RunContext(None, "f32"), [lora])
-    none, styled, stronger, none_again = (np.asarray(generate_image(pipe, "a red car", 3, s, cfg)) for cfg in (
-        ov_genai.AdapterConfig(), lora.config(), lora.config(alpha=0.6), ov_genai.AdapterConfig()))
+    none, styled, stronger, none_again = (
+        np.asarray(generate_image(pipe, "a red car", 3, s, cfg))
+        for cfg in (ov_genai.AdapterConfig(), lora.config(), lora.config(alpha=0.6), ov_genai.AdapterConfig())
+    )
     plain = np.asarray(generate_image(image_pipeline(artifact, "CPU", RunContext(None, "f32"), []), "a red car", 3, s))
     assert np.array_equal(none, plain) and np.array_equal(none_again, plain)
     weak, strong = (np.abs(x.astype(int) - plain).mean() for x in (styled, stronger))

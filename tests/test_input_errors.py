@@ -1,6 +1,7 @@
 """Issue 19's classes, each with a case not covered elsewhere: library errors on unreadable input (OpenVINO IR,
 safetensors, images, truncated GGUF, unresolvable hub sources) become one line naming the input; a stage run before
 its inputs exist says which; a dead run's temp sibling is removed by the next write."""
+
 import os
 import shutil
 
@@ -77,14 +78,23 @@ def test_a_truncated_gguf_is_one_line_naming_it(tmp_path):
 @pytest.mark.parametrize("revision", ["main", "v9.9"])
 def test_a_hub_source_that_cannot_be_resolved_is_one_line(project, tmp_path, revision):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["models"]["tiny"] = {"family": "llm", "source": {"type": "hub", "repo_id": "org/absent",
-                                                            "revision": revision}}
+    params["models"]["tiny"] = {
+        "family": "llm",
+        "source": {"type": "hub", "repo_id": "org/absent", "revision": revision},
+    }
     write_params(project, params)
     run_stage("stages.check_params", "--check")
-    proc = run_stage("stages.fetch", "--model", "tiny", check=False,
-                     env={"HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"})
-    assert error_line(proc) == (f"error: source: org/absent@{revision}: not in the local cache and the hub is "
-                                "unreachable (offline, or HF_ENDPOINT down)")
+    proc = run_stage(
+        "stages.fetch",
+        "--model",
+        "tiny",
+        check=False,
+        env={"HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"},
+    )
+    assert error_line(proc) == (
+        f"error: source: org/absent@{revision}: not in the local cache and the hub is "
+        "unreachable (offline, or HF_ENDPOINT down)"
+    )
     assert_nothing_written(project / "models")
 
 
@@ -132,6 +142,7 @@ def test_a_data_aware_export_before_the_calibration_text_exists_names_it(project
     prepare(project)
     (project / "data/calibration/calib.txt").unlink()
     proc = run_stage("stages.export", "--artifact", "tiny/int4", check=False)
-    assert error_line(proc) == ("error: data/calibration/calib.txt: calibration set 'calib' not built; run "
-                                "`dvc repro evalsets`")
+    assert error_line(proc) == (
+        "error: data/calibration/calib.txt: calibration set 'calib' not built; run `dvc repro evalsets`"
+    )
     assert not (project / "models/tiny/int4").exists()

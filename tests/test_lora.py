@@ -1,5 +1,6 @@
 """LoRA adapters on a tiny LLM: registered at pipeline construction and switched per call (A, B, a blend, none)
 through openvino-genai, matched against PEFT; the adapter stage (training, checks) and its bad inputs."""
+
 import json
 from pathlib import Path
 
@@ -15,8 +16,10 @@ def random_lora(checkpoint: Path, out: Path, seed: int, targets: list[str], r: i
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(checkpoint),
-                           LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=targets, init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(checkpoint),
+        LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=targets, init_lora_weights=False),
+    )
     model.save_pretrained(out)
     return out
 
@@ -39,7 +42,10 @@ def lora_setup(tmp_path_factory):
 def runs(a: Path, b: Path):
     from stages.families.base import AdapterRun
 
-    return [AdapterRun("a", a / "adapter_model.safetensors", 8 / 4), AdapterRun("b", b / "adapter_model.safetensors", 1.0)]
+    return [
+        AdapterRun("a", a / "adapter_model.safetensors", 8 / 4),
+        AdapterRun("b", b / "adapter_model.safetensors", 1.0),
+    ]
 
 
 def test_switching_a_b_blend_none_matches_peft(lora_setup):
@@ -55,16 +61,23 @@ def test_switching_a_b_blend_none_matches_peft(lora_setup):
     from stages.families.base import RunContext
 
     pipe = adapter_pipeline(root / "fp16", "CPU", RunContext(None, "f32"), [run_a, run_b])
-    ppl = {label: pipeline_perplexity(pipe, windows, config, label) for label, config in [
-        ("none", ov_genai.AdapterConfig()), ("a", run_a.config()), ("b", run_b.config()),
-        ("blend", ov_genai.AdapterConfig([(run_a.adapter(), 1.0), (run_b.adapter(), 0.5)])),
-        ("none again", ov_genai.AdapterConfig()), ("a half", run_a.config(alpha=1.0))]}
+    ppl = {
+        label: pipeline_perplexity(pipe, windows, config, label)
+        for label, config in [
+            ("none", ov_genai.AdapterConfig()),
+            ("a", run_a.config()),
+            ("b", run_b.config()),
+            ("blend", ov_genai.AdapterConfig([(run_a.adapter(), 1.0), (run_b.adapter(), 0.5)])),
+            ("none again", ov_genai.AdapterConfig()),
+            ("a half", run_a.config(alpha=1.0)),
+        ]
+    }
     # no adapter: the plain model (raw OpenVINO on the same windows)
     plain = perplexity(root / "fp16", EVAL_TEXT, "CPU", "f32", 64, 256)["perplexity"]
     assert ppl["none"] == pytest.approx(plain, rel=1e-4)
     assert ppl["none again"] == pytest.approx(ppl["none"], rel=1e-6), "switching back to none must undo the adapter"
     distinct = [ppl[k] for k in ("none", "a", "b", "blend", "a half")]
-    assert min(abs(x - y) / x for i, x in enumerate(distinct) for y in distinct[i + 1:]) > 1e-3, ppl
+    assert min(abs(x - y) / x for i, x in enumerate(distinct) for y in distinct[i + 1 :]) > 1e-3, ppl
     # the PEFT reference (fp32 PyTorch) at the same alpha, on the same text and windows
     for run, folder in ((run_a, a), (run_b, b)):
         reference = peft_perplexity(checkpoint, folder, run.alpha, EVAL_TEXT, 64, 256)
@@ -102,15 +115,36 @@ def lora_project(project):
 
 def test_trained_adapter_through_the_pipeline(lora_project):
     project, params = lora_project
-    params["adapters"] = {"tiny-lora": {"model": "tiny", "source": {
-        "type": "train", "data": "train", "rank": 4, "lora_alpha": 8, "steps": 4, "seq_len": 32, "batch_size": 2,
-        "learning_rate": 0.05}}}
-    params["gate"]["rules"] += [{"family": "llm", "metric": "effect_pct@*", "min": 0.01},
-                                {"family": "llm", "metric": "peft_delta_pct@*", "variants": ["fp16"], "max": 0.5}]
+    params["adapters"] = {
+        "tiny-lora": {
+            "model": "tiny",
+            "source": {
+                "type": "train",
+                "data": "train",
+                "rank": 4,
+                "lora_alpha": 8,
+                "steps": 4,
+                "seq_len": 32,
+                "batch_size": 2,
+                "learning_rate": 0.05,
+            },
+        }
+    }
+    params["gate"]["rules"] += [
+        {"family": "llm", "metric": "effect_pct@*", "min": 0.01},
+        {"family": "llm", "metric": "peft_delta_pct@*", "variants": ["fp16"], "max": 0.5},
+    ]
     write_params(project, params)
-    for stage in (["stages.check_params", "--check"], ["stages.fetch", "--model", "tiny"], ["stages.evalsets"],
-                  ["stages.speechsets"], ["stages.adapter", "--adapter", "tiny-lora"], ["stages.plan"],
-                  ["stages.export", "--artifact", "tiny/fp16"], ["stages.validate", "--artifact", "tiny/fp16"]):
+    for stage in (
+        ["stages.check_params", "--check"],
+        ["stages.fetch", "--model", "tiny"],
+        ["stages.evalsets"],
+        ["stages.speechsets"],
+        ["stages.adapter", "--adapter", "tiny-lora"],
+        ["stages.plan"],
+        ["stages.export", "--artifact", "tiny/fp16"],
+        ["stages.validate", "--artifact", "tiny/fp16"],
+    ):
         run_stage(*stage, cwd=project)
     manifest = json.loads((project / "models/adapters/tiny-lora/manifest.json").read_text())
     assert manifest["alpha"] == 2.0 and manifest["lora_modules"] == 4  # q_proj + v_proj in 2 layers
@@ -125,8 +159,9 @@ def test_trained_adapter_through_the_pipeline(lora_project):
 
 def test_missing_adapter_file_is_one_clear_error(lora_project):
     project, params = lora_project
-    params["adapters"] = {"gone": {"model": "tiny", "source": {"type": "file", "path": "/no/such/adapter.safetensors"},
-                                   "alpha": 1.0}}
+    params["adapters"] = {
+        "gone": {"model": "tiny", "source": {"type": "file", "path": "/no/such/adapter.safetensors"}, "alpha": 1.0}
+    }
     write_params(project, params)
     run_stage("stages.fetch", "--model", "tiny", cwd=project)
     proc = run_stage("stages.adapter", "--adapter", "gone", cwd=project, check=False)
@@ -145,6 +180,8 @@ def test_adapter_for_another_architecture_is_refused(lora_project, tmp_path):
     run_stage("stages.fetch", "--model", "tiny", cwd=project)
     proc = run_stage("stages.adapter", "--adapter", "wide", cwd=project, check=False)
     assert proc.returncode != 0
-    assert "adapters.wide: adapter_model.safetensors 'model.layers.0.self_attn.q_proj' has lora_A [4, 96]" in proc.stderr
+    assert (
+        "adapters.wide: adapter_model.safetensors 'model.layers.0.self_attn.q_proj' has lora_A [4, 96]" in proc.stderr
+    )
     assert "(an adapter for another architecture?)" in proc.stderr
     assert_nothing_written(project / "models/adapters/wide")

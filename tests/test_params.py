@@ -1,4 +1,5 @@
 """The params schema: every bad input is one line naming the key; families own their settings."""
+
 import copy
 import json
 import subprocess
@@ -120,17 +121,29 @@ def test_gate_rule_without_threshold(tmp_path, base):
     assert "gate.rules.3: rule for 'perplexity' sets no threshold" in error_for(tmp_path, base)
 
 
-@pytest.mark.parametrize("rule, message", [
-    ({"family": "llm", "metric": "perplexty", "max": 10}, "gate.rules.3.metric: 'perplexty' matches no metric of llm"),
-    ({"family": "llm", "metric": "wer_*", "max": 10}, "gate.rules.3.metric: 'wer_*' matches no metric of llm"),
-    ({"family": "whisper", "metric": "wer_*", "max": 1}, "gate.rules.3.family: build has no whisper model"),
-    ({"family": "llm", "metric": "perplexity", "variants": ["int9"], "max": 1},
-     "gate.rules.3.variants: 'int9' is not a built variant of llm"),
-    ({"family": "llm", "metric": "perplexity", "against": "fp32", "max_increase_pct": 1},
-     "gate.rules.3.against: 'fp32' is neither 'source', 'cpu-path'"),
-    ({"family": "llm", "metric": "generation_similarity", "max_decrease": 0.1},
-     "gate.rules.3: 'generation_similarity' already compares with `against`"),
-])
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        (
+            {"family": "llm", "metric": "perplexty", "max": 10},
+            "gate.rules.3.metric: 'perplexty' matches no metric of llm",
+        ),
+        ({"family": "llm", "metric": "wer_*", "max": 10}, "gate.rules.3.metric: 'wer_*' matches no metric of llm"),
+        ({"family": "whisper", "metric": "wer_*", "max": 1}, "gate.rules.3.family: build has no whisper model"),
+        (
+            {"family": "llm", "metric": "perplexity", "variants": ["int9"], "max": 1},
+            "gate.rules.3.variants: 'int9' is not a built variant of llm",
+        ),
+        (
+            {"family": "llm", "metric": "perplexity", "against": "fp32", "max_increase_pct": 1},
+            "gate.rules.3.against: 'fp32' is neither 'source', 'cpu-path'",
+        ),
+        (
+            {"family": "llm", "metric": "generation_similarity", "max_decrease": 0.1},
+            "gate.rules.3: 'generation_similarity' already compares with `against`",
+        ),
+    ],
+)
 def test_rules_name_real_metrics_variants_and_references(tmp_path, base, rule, message):
     base["gate"]["rules"].append(rule)
     assert message in error_for(tmp_path, base)
@@ -139,8 +152,12 @@ def test_rules_name_real_metrics_variants_and_references(tmp_path, base, rule, m
 def test_cli_prints_one_line_per_problem(tmp_path, base):
     base["variants"]["int8"]["bogus"] = 1
     path = write_params(tmp_path, base)
-    proc = subprocess.run([sys.executable, "-m", "stages.fetch", "--model", "tiny", "--params", str(path)],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.fetch", "--model", "tiny", "--params", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: {path}: variants.int8.bogus: unknown key"
     assert not (tmp_path / "models").exists()
@@ -149,8 +166,13 @@ def test_cli_prints_one_line_per_problem(tmp_path, base):
 def test_debug_switch_prints_the_traceback(tmp_path, base):
     base["variants"]["int8"]["bogus"] = 1
     path = write_params(tmp_path, base)
-    proc = subprocess.run([sys.executable, "-m", "stages.check_params", str(path)], capture_output=True, text=True,
-                          cwd=tmp_path, env={**__import__("os").environ, "OVBUILD_DEBUG": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.check_params", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "OVBUILD_DEBUG": "1"},
+    )
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "bogus: unknown key" in proc.stderr
 
 
@@ -160,8 +182,10 @@ def test_npu_refusal_through_export_cli_writes_nothing(project):
     write_params(project, params)
     proc = run_stage("stages.export", "--artifact", "tiny/int4-npu", check=False)
     assert proc.returncode == 1
-    assert proc.stderr.strip().endswith("variants.int4-npu.targets: NPU needs int4 to be channel-wise symmetric "
-                                        "(sym: true, group_size: -1); got sym=True, group_size=64")
+    assert proc.stderr.strip().endswith(
+        "variants.int4-npu.targets: NPU needs int4 to be channel-wise symmetric "
+        "(sym: true, group_size: -1); got sym=True, group_size=64"
+    )
     assert_nothing_written(project / "models")
 
 
@@ -176,8 +200,9 @@ def test_hub_config_builds_a_dag(tmp_path):
 def test_draft_and_pair_references(tmp_path, base):
     base["derived_drafts"] = {"d1": {"base": "nope", "teacher": "tiny", "keep_layers": 1}}
     assert "derived_drafts.d1.base: 'nope' is not an llm in models" in error_for(tmp_path, base)
-    base["derived_drafts"] = {"d1": {"base": "tiny", "teacher": "tiny", "keep_layers": 1,
-                                     "distill": {"data": "missing"}}}
+    base["derived_drafts"] = {
+        "d1": {"base": "tiny", "teacher": "tiny", "keep_layers": 1, "distill": {"data": "missing"}}
+    }
     assert "derived_drafts.d1.distill.data: unknown calibration set 'missing'" in error_for(tmp_path, base)
     base["derived_drafts"] = {"d1": {"base": "tiny", "teacher": "tiny", "keep_layers": 1}}
     base["drafts"] = ["d1/int8"]
@@ -208,9 +233,13 @@ def test_every_params_key_dvc_tracks_exists(tmp_path, params_file):
     from dvc.repo import Repo
 
     scaffold(tmp_path, yaml.safe_load((REPO / params_file).read_text()))
-    missing = [(stage.addressing, key) for stage in Repo(str(tmp_path)).index.stages for dep in stage.deps
-               if isinstance(dep, ParamsDependency)
-               for key in sorted(set(dep.params) - set(dep.read_params()))]
+    missing = [
+        (stage.addressing, key)
+        for stage in Repo(str(tmp_path)).index.stages
+        for dep in stage.deps
+        if isinstance(dep, ParamsDependency)
+        for key in sorted(set(dep.params) - set(dep.read_params()))
+    ]
     assert not missing, missing
 
 
@@ -226,7 +255,8 @@ def test_generated_params_reference_is_current():
     spec = importlib.util.spec_from_file_location("params_reference", REPO / "scripts" / "params_reference.py")
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
-    assert (REPO / "docs/params-reference.md").read_text() == generator.reference(), \
+    assert (REPO / "docs/params-reference.md").read_text() == generator.reference(), (
         "docs/params-reference.md is stale: run scripts/params_reference.py"
+    )
     schema = json.dumps(generator.Params.model_json_schema(by_alias=True), indent=1) + "\n"
     assert (REPO / "docs/params.schema.json").read_text() == schema, "docs/params.schema.json is stale"

@@ -2,6 +2,7 @@
 another type or out of range, a name pointing at nothing) either load, with the mutation visible in the loaded
 params, or fail with a BuildError whose one line names the key or value: never another exception, never a silent
 change of meaning. Derandomized and bounded: the same examples on every run."""
+
 import copy
 import math
 import re
@@ -18,8 +19,13 @@ SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
 OTHER_VALUES = [None, "text", 7, -1, 0, 2.5, True, [], {}, ["x"], {"k": 1}]
 OUT_OF_RANGE = [-1, 0, -0.5, 1e12, -1e12, 2**40, math.inf, -math.inf]
 DANGLING = "nosuch"
-SETTINGS = settings(derandomize=True, max_examples=150, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    derandomize=True,
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def paths(node, prefix=()) -> list[tuple]:
@@ -127,14 +133,21 @@ def test_mutated_params_load_as_written_or_fail_naming_the_key(tmp_path, mutatio
         first = error.splitlines()[0]
         assert all(line.startswith(str(tmp_path)) for line in error.splitlines()), error
         named = (*path, *(where or ()))  # a renamed key may be named by its old or its new name
-        assert names_the_fault(first, named, new if kind != "delete" else original) or names_a_key(first, params), \
-            (kind, path, value, error)
+        assert names_the_fault(first, named, new if kind != "delete" else original) or names_a_key(first, params), (
+            kind,
+            path,
+            value,
+            error,
+        )
     elif where is not None:
         assert same(new, loaded_value(loaded, where)), (kind, path, value)
 
 
-DUPLICABLE = [i for i, line in enumerate(yaml.safe_dump(SHIPPED, sort_keys=False).splitlines())
-              if re.match(r"^\s*[\w.\-]+:", line)]
+DUPLICABLE = [
+    i
+    for i, line in enumerate(yaml.safe_dump(SHIPPED, sort_keys=False).splitlines())
+    if re.match(r"^\s*[\w.\-]+:", line)
+]
 
 
 @SETTINGS

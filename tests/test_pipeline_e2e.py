@@ -1,5 +1,6 @@
 """`dvc repro` on the tiny model in a temporary git repo: full run, no-op rerun, one-recipe change, one family
 setting change, a code change (dvc status names the stages)."""
+
 import json
 import shutil
 
@@ -20,8 +21,15 @@ def test_repro_then_noop_then_only_changed_variant(built):
     params = yaml.safe_load((built / "params.yaml").read_text())
     params["variants"]["int4"]["group_size"] = 64
     write_params(built, params)
-    assert ran(dvc("repro", cwd=built)) == {"devices", "params", "plan", "export@tiny/int4", "validate@tiny/int4",
-                                            "gate", "release"}
+    assert ran(dvc("repro", cwd=built)) == {
+        "devices",
+        "params",
+        "plan",
+        "export@tiny/int4",
+        "validate@tiny/int4",
+        "gate",
+        "release",
+    }
     manifest = json.loads((built / "models/tiny/int4/manifest.json").read_text())
     assert manifest["rt_info"]["openvino_model.xml"]["group_size"] == "64"
 
@@ -46,8 +54,11 @@ def test_moving_a_built_clone_keeps_dvc_status_clean(built, tmp_path):
     moved = tmp_path / "elsewhere" / "clone"
     shutil.move(str(built), moved)
     status = dvc("status", cwd=moved)
-    assert status.strip() in ("Data and pipelines are up to date.", "devices:\n\tchanged deps:\n\t\tmodified:  "
-                              "always_changed") or "always changed" in status, status
+    assert (
+        status.strip()
+        in ("Data and pipelines are up to date.", "devices:\n\tchanged deps:\n\t\tmodified:  always_changed")
+        or "always changed" in status
+    ), status
 
 
 def locked_outputs(root) -> dict[tuple[str, str], str]:

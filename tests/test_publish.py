@@ -7,6 +7,7 @@ default remote):
   C  `git clone` of B with B's devices: runs nothing but `devices`.
   D  `git clone` of A (A's dvc.lock) with B's devices: shows what B's run-cache alone does not give (see there).
 """
+
 import hashlib
 import json
 import os
@@ -38,8 +39,9 @@ def host_env(devices=None) -> dict:
 def run(cmd, cwd, env=None, check=True) -> str:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env or host_env())
     if check:
-        assert proc.returncode == 0, (f"{cmd} in {cwd} failed ({proc.returncode}):\n"
-                                      f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+        assert proc.returncode == 0, (
+            f"{cmd} in {cwd} failed ({proc.returncode}):\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        )
     return proc.stdout + proc.stderr
 
 
@@ -61,9 +63,15 @@ def read_json(path: Path):
 
 def sha256_tree(root: Path) -> list[dict]:
     """Like the export manifest's `files`: every file but manifest.json, sorted by path, with size and sha256."""
-    return [{"path": p.relative_to(root).as_posix(), "size": p.stat().st_size,
-             "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "manifest.json"]
+    return [
+        {
+            "path": p.relative_to(root).as_posix(),
+            "size": p.stat().st_size,
+            "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+        }
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    ]
 
 
 def lock_md5(repo: Path, stage: str, out: str) -> str:
@@ -200,14 +208,23 @@ def test_queue_of_two_experiments(host_a):
         if time.monotonic() > deadline:
             logs = {n: dvc("queue", "logs", n, cwd=repo, check=False) for n in names}
             dvc("queue", "stop", "--kill", cwd=repo, check=False)
-            pytest.fail(f"queue not done after 10 min: {statuses}\n" + "\n".join(
-                f"--- dvc queue logs {n}\n{log}" for n, log in logs.items()))
+            pytest.fail(
+                f"queue not done after 10 min: {statuses}\n"
+                + "\n".join(f"--- dvc queue logs {n}\n{log}" for n, log in logs.items())
+            )
         time.sleep(3)
     logs = {n: dvc("queue", "logs", n, cwd=repo, check=False) for n in names}
     assert statuses == {n: "Success" for n in names}, "\n".join(f"--- {n}\n{log}" for n, log in logs.items())
     for name in names:  # the queue ran from the committed build: only the int4 chain re-ran
-        assert ran(logs[name]) == {"params", "plan", "devices", "export@tiny/int4", "validate@tiny/int4",
-                                   "gate", "release"}, logs[name]
+        assert ran(logs[name]) == {
+            "params",
+            "plan",
+            "devices",
+            "export@tiny/int4",
+            "validate@tiny/int4",
+            "gate",
+            "release",
+        }, logs[name]
 
     shown = json.loads(dvc("exp", "show", "--json", cwd=repo))
     exps = {e["name"]: e["revs"][0] for row in shown for e in (row.get("experiments") or [])}

@@ -5,6 +5,7 @@ No models and no OpenVINO: a scaffolded git + DVC repo with hand-written gate.js
 revision's git tree although no dvc.lock was ever committed and the gate stage never ran (the state committed by
 the fixture has no dvc.lock), so the tests need no `dvc repro` / `dvc commit`.
 """
+
 import copy
 import json
 import subprocess
@@ -25,21 +26,41 @@ RULES = [
 
 def device(metrics=None):
     """A device entry as stages.gate writes it; metrics=None: not validated on this host."""
-    return {"status": "validated", "metrics": metrics} if metrics is not None else \
-        {"status": "not_validated", "metrics": {}}
+    return (
+        {"status": "validated", "metrics": metrics}
+        if metrics is not None
+        else {"status": "not_validated", "metrics": {}}
+    )
 
 
 def artifact(family, **devices):
     primary = next((d for d, r in devices.items() if r["status"] == "validated"), None)
-    return {"family": family, "status": "validated" if primary else "not_validated", "device": primary,
-            "metrics": devices[primary]["metrics"] if primary else {}, "devices": devices}
+    return {
+        "family": family,
+        "status": "validated" if primary else "not_validated",
+        "device": primary,
+        "metrics": devices[primary]["metrics"] if primary else {},
+        "devices": devices,
+    }
 
 
 def gate(artifacts):
     """A gate.json; not-validated devices get the row (and reason) stages.gate writes for them."""
-    rows = [{"artifact": name, "device": dev, "metric": "*", "value": None, "threshold": "mode=dev",
-             "reference": None, "status": "not_validated", "note": f"device {dev} is not present on this host"}
-            for name, a in artifacts.items() for dev, r in a["devices"].items() if r["status"] == "not_validated"]
+    rows = [
+        {
+            "artifact": name,
+            "device": dev,
+            "metric": "*",
+            "value": None,
+            "threshold": "mode=dev",
+            "reference": None,
+            "status": "not_validated",
+            "note": f"device {dev} is not present on this host",
+        }
+        for name, a in artifacts.items()
+        for dev, r in a["devices"].items()
+        if r["status"] == "not_validated"
+    ]
     return {"mode": "dev", "passed": True, "counts": {}, "rows": rows, "artifacts": artifacts}
 
 
@@ -122,8 +143,12 @@ def test_perplexity_increase_beyond_pct_fails(repo):
 
 def test_change_within_tolerance_passes(repo, capsys):
     # +4.1% perplexity (5% allowed), a perplexity drop (only increases are bounded), tpot_ms +25% (50% allowed)
-    write_gate(repo, changed({"tiny/int4": {"CPU": {"perplexity": 22.9, "tpot_ms": 10.0}},
-                                "tiny/int8": {"CPU": {"perplexity": 19.0}}}))
+    write_gate(
+        repo,
+        changed(
+            {"tiny/int4": {"CPU": {"perplexity": 22.9, "tpot_ms": 10.0}}, "tiny/int8": {"CPU": {"perplexity": 19.0}}}
+        ),
+    )
     assert regress.main([]) == 0
     rows = rows_by_key(repo)
     assert rows[("tiny/int4", "CPU", "perplexity")]["status"] == "pass"
@@ -154,8 +179,7 @@ def test_missing_not_compared_and_new(repo):
 
 
 def test_fnmatch_rule_covers_every_wer(repo):
-    write_gate(repo, changed({"whisper-tiny/fp16": {"CPU": {"wer_librivox": 0.11, "wer_cards": 0.25,
-                                                              "rtf": 0.9}}}))
+    write_gate(repo, changed({"whisper-tiny/fp16": {"CPU": {"wer_librivox": 0.11, "wer_cards": 0.25, "rtf": 0.9}}}))
     assert regress.main([]) == 1
     rows = {k[2]: r for k, r in rows_by_key(repo).items() if k[0] == "whisper-tiny/fp16"}
     assert set(rows) == {"wer_librivox", "wer_cards"}  # rtf: no rule; perplexity rule is llm-only
@@ -182,8 +206,15 @@ def test_unknown_or_empty_baseline_is_one_clear_error(repo):
 
 
 def test_older_gate_format_baseline_is_refused(repo):
-    (repo / "metrics" / "gate.json").write_text(json.dumps({"mode": "dev", "passed": True, "artifacts": {
-        "tiny/fp16": {"status": "validated", "metrics": {"perplexity": 20.0}}}}))
+    (repo / "metrics" / "gate.json").write_text(
+        json.dumps(
+            {
+                "mode": "dev",
+                "passed": True,
+                "artifacts": {"tiny/fp16": {"status": "validated", "metrics": {"perplexity": 20.0}}},
+            }
+        )
+    )
     commit(repo, "old format")
     write_gate(repo, STATE_A)
     with pytest.raises(BuildError, match="baseline revision 'HEAD': metrics/gate.json has no per-artifact"):
@@ -196,17 +227,21 @@ def test_baseline_given_as_tag(repo):
     assert regress.main([]) == 0  # params baseline HEAD: workspace == HEAD
     assert regress.main(["--baseline", "v1"]) == 1
     assert result(repo)["baseline"] == "v1"
-    assert [(r["artifact"], r["device"]) for r in result(repo)["rows"] if r["status"] == "fail"] == \
-        [("tiny/int8", "CPU")]
-    params = tiny_params(repo / "no-checkpoint", repo / "eval.txt") | {"regression": {"baseline": "v1",
-                                                                                      "rules": RULES}}
+    assert [(r["artifact"], r["device"]) for r in result(repo)["rows"] if r["status"] == "fail"] == [
+        ("tiny/int8", "CPU")
+    ]
+    params = tiny_params(repo / "no-checkpoint", repo / "eval.txt") | {"regression": {"baseline": "v1", "rules": RULES}}
     write_params(repo, params)
     assert regress.main([]) == 1  # the baseline comes from params when --baseline is not given
 
 
 def test_a_rule_that_covers_nothing_fails_naming_it(repo):
-    params = tiny_params(repo / "no-checkpoint", repo / "eval.txt") | {"regression": {"baseline": "HEAD", "rules": [
-        *RULES, {"family": "llm", "metric": "perplexty", "max_increase_pct": 1}]}}
+    params = tiny_params(repo / "no-checkpoint", repo / "eval.txt") | {
+        "regression": {
+            "baseline": "HEAD",
+            "rules": [*RULES, {"family": "llm", "metric": "perplexty", "max_increase_pct": 1}],
+        }
+    }
     write_params(repo, params)
     assert regress.main([]) == 1
     failed = [r for r in result(repo)["rows"] if r["status"] == "fail"]

@@ -1,6 +1,7 @@
 """Release and report on the tiny pipeline: model cards read back (recipe, every rule applied, worst examples),
 the manifest's sha256 against the files, withheld artifacts, upload-ready bundles that load as-is, and the report:
 verdict first, tables, plots, performance from the perf pipeline (in a real browser: test_report_browser.py)."""
+
 import json
 import re
 import shutil
@@ -57,7 +58,9 @@ def test_card_reads_back_recipe_rules_devices_and_versions(released):
     assert "Exported with: openvino " in body and "nncf " in body and "Validated with: openvino " in body
     assert "Source reference (the checkpoint in PyTorch fp32 on the same inputs): perplexity" in body
     assert "| CPU | perplexity | fp16 |" in body  # every rule applied, with value, bound and verdict
-    assert "Release status: **released**" in body and re.search(r"Tokenizer IR parity with the HF tokenizer: (\d+) of \1 probes identical", body)
+    assert "Release status: **released**" in body and re.search(
+        r"Tokenizer IR parity with the HF tokenizer: (\d+) of \1 probes identical", body
+    )
     assert "load_s" not in body and "TTFT" not in body  # timings stay in the report: cards are host-independent
     _, npu = card_parts(released, "tiny/int4-npu")
     assert "Release status: **withheld** (only emulated on NPU" in npu and "emulated (NPU (NPUW on CPU))" in npu

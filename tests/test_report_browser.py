@@ -4,6 +4,7 @@ committed results (metrics/gate.json, metrics/validate, metrics/reference, metri
 throw-away copy, as committed and with one gate check turned into a failure; the browser then checks that the page
 loads, logs no console error, opens with the verdict (the gate status of metrics/gate.json, released / withheld and
 why, what failed where) above every table and plot, and labels every plot point model/variant (device)."""
+
 import json
 import re
 import shutil
@@ -59,16 +60,25 @@ def rendered(request, tmp_path_factory) -> Path:
 def browser():
     """Headless chromium; fails (never skips) when it is missing or cannot start."""
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.fail(f"no headless browser (chromium: {CHROMIUM}, chromedriver: {CHROMEDRIVER}): run `make setup`, "
-                    "which apt-installs Debian's chromium and chromium-driver", pytrace=False)
+        pytest.fail(
+            f"no headless browser (chromium: {CHROMIUM}, chromedriver: {CHROMEDRIVER}): run `make setup`, "
+            "which apt-installs Debian's chromium and chromium-driver",
+            pytrace=False,
+        )
     from selenium import webdriver
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--window-size=1400,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     try:
@@ -114,21 +124,28 @@ def test_page_opens_with_the_verdict_of_the_gate(page, rendered):
     text = driver.find_element("id", "verdict").text
     status = "PASSED" if gate["passed"] else "FAILED"
     c = gate["counts"]
-    assert text.startswith(f"Verdict\nGate {status} (mode {gate['mode']}): {c['pass']} checks passed, {c['fail']} "
-                           f"failed, {c['not_validated']} not validated."), text
+    assert text.startswith(
+        f"Verdict\nGate {status} (mode {gate['mode']}): {c['pass']} checks passed, {c['fail']} "
+        f"failed, {c['not_validated']} not validated."
+    ), text
     assert f"Released {release['released']}, withheld {release['withheld']}." in text
     for a in release["artifacts"]:
         assert (f"{a['name']}: {a['reason']}" in text) != a["released"], a["name"]  # every withheld one, with why
     failed = [r for r in gate["rows"] if r["status"] == "fail"]
-    rows = driver.execute_script("return [...document.querySelectorAll('#verdict table tr')].slice(1)"
-                                 ".map(tr => [...tr.cells].map(td => td.textContent))")
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('#verdict table tr')].slice(1)"
+        ".map(tr => [...tr.cells].map(td => td.textContent))"
+    )
     assert [r[:3] for r in rows] == [[r["artifact"], r["device"], r["metric"]] for r in failed]  # what failed, where
 
 
 def test_every_plot_labels_its_points_model_variant(page, rendered):
     driver, _ = page
-    points = [p for kind in ("accuracy", "latency")
-              for p in json.loads((rendered / f"metrics/plots/{kind}_vs_size.json").read_text())]
+    points = [
+        p
+        for kind in ("accuracy", "latency")
+        for p in json.loads((rendered / f"metrics/plots/{kind}_vs_size.json").read_text())
+    ]
     figures = driver.execute_script("""
         return [...document.querySelectorAll('figure.plot')].map(f => ({
             family: f.dataset.family, metric: f.dataset.metric,
@@ -137,8 +154,11 @@ def test_every_plot_labels_its_points_model_variant(page, rendered):
     assert len(figures) == len({(p["family"], p["metric"]) for p in points}) > 0
     for fig in figures:
         assert fig["width"] > 100, fig  # drawn, not an empty box
-        expected = {f"{p['artifact']} ({p['device']})" for p in points
-                    if (p["family"], p["metric"]) == (fig["family"], fig["metric"])}
+        expected = {
+            f"{p['artifact']} ({p['device']})"
+            for p in points
+            if (p["family"], p["metric"]) == (fig["family"], fig["metric"])
+        }
         assert expected and all(MODEL_VARIANT.match(x) for x in expected), expected
         labels = {t for t in fig["texts"] if DEVICE_LABEL.match(t)}
         assert labels == expected, f"{fig['family']} {fig['metric']}: points labelled {sorted(labels)}"

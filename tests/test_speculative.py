@@ -1,5 +1,6 @@
 """Drafts end to end on tiny models: derive (prune + distil), export, pair (strict tokenizer check), speculative
 validation through LLMPipeline(draft_model=...), gate and report; plus the refusals and a pre-exported IR draft."""
+
 import json
 import re
 import subprocess
@@ -18,14 +19,33 @@ def speculative_params(main, other, text) -> dict:
     p["calibration"] = {"distill": {"path": str(text), "max_chars": 4000}}
     p["build"] = ["tiny/fp16"]
     p["gate"]["rules"] = [r for r in p["gate"]["rules"] if r.get("variants", ["fp16"]) == ["fp16"]]
-    p["derived_drafts"] = {"tiny-d1": {"base": "tiny", "teacher": "tiny", "keep_layers": 1, "distill": {
-        "data": "distill", "steps": 20, "seq_len": 16, "batch_size": 4, "learning_rate": 3e-3,
-        "chat_samples": 8, "reply_tokens": 8}}}
+    p["derived_drafts"] = {
+        "tiny-d1": {
+            "base": "tiny",
+            "teacher": "tiny",
+            "keep_layers": 1,
+            "distill": {
+                "data": "distill",
+                "steps": 20,
+                "seq_len": 16,
+                "batch_size": 4,
+                "learning_rate": 3e-3,
+                "chat_samples": 8,
+                "reply_tokens": 8,
+            },
+        }
+    }
     p["drafts"] = ["tiny-d1/int8", "other/int8"]
-    p["pairs"] = {"good": {"main": "tiny/fp16", "draft": "tiny-d1/int8"},
-                  "bad": {"main": "tiny/fp16", "draft": "other/int8", "expect": "incompatible"}}
-    p["validate"]["speculative"] = {"prompts": ["Paris is", "def main():"], "max_new_tokens": 8,
-                                    "num_assistant_tokens": [2, 4], "assistant_confidence_thresholds": [0.3]}
+    p["pairs"] = {
+        "good": {"main": "tiny/fp16", "draft": "tiny-d1/int8"},
+        "bad": {"main": "tiny/fp16", "draft": "other/int8", "expect": "incompatible"},
+    }
+    p["validate"]["speculative"] = {
+        "prompts": ["Paris is", "def main():"],
+        "max_new_tokens": 8,
+        "num_assistant_tokens": [2, 4],
+        "assistant_confidence_thresholds": [0.3],
+    }
     p["gate"]["rules"].append({"family": "speculative", "metric": "output_match", "min": 1.0})
     return p
 
@@ -48,8 +68,15 @@ def read(root, path):
 
 def test_repro_runs_every_draft_stage(built):
     _, ran = built
-    assert {"derive-draft@tiny-d1", "export-draft@tiny-d1/int8", "export-draft@other/int8", "pair@good", "pair@bad",
-            "validate-speculative@good", "validate-speculative@bad"} <= ran
+    assert {
+        "derive-draft@tiny-d1",
+        "export-draft@tiny-d1/int8",
+        "export-draft@other/int8",
+        "pair@good",
+        "pair@bad",
+        "validate-speculative@good",
+        "validate-speculative@bad",
+    } <= ran
 
 
 def test_derived_draft_is_pruned_distilled_and_shares_the_tokenizer(built):
@@ -60,8 +87,9 @@ def test_derived_draft_is_pruned_distilled_and_shares_the_tokenizer(built):
     kd = manifest["distillation"]
     assert kd["held_out_kl_after"] < kd["held_out_kl_before"], kd
     assert 0 <= kd["held_out_top1_agreement_after"] <= 1
-    assert (root / "models/tiny-d1/checkpoint/tokenizer.json").read_bytes() == \
-        (root / "models/tiny/checkpoint/tokenizer.json").read_bytes()
+    assert (root / "models/tiny-d1/checkpoint/tokenizer.json").read_bytes() == (
+        root / "models/tiny/checkpoint/tokenizer.json"
+    ).read_bytes()
 
 
 def test_compatible_pair_is_validated_with_identical_greedy_output(built):
@@ -73,8 +101,9 @@ def test_compatible_pair_is_validated_with_identical_greedy_output(built):
     m = rec["metrics"]
     assert m["output_match"] == 1.0, rec["sweep"][0]["mismatches"]
     assert 0.0 <= m["acceptance_rate"] <= 1.0 and "tpot_ms" not in m  # timings live in metrics/perf
-    settings = [{k: s[k] for k in ("num_assistant_tokens", "assistant_confidence_threshold") if k in s}
-                for s in rec["sweep"]]
+    settings = [
+        {k: s[k] for k in ("num_assistant_tokens", "assistant_confidence_threshold") if k in s} for s in rec["sweep"]
+    ]
     assert rec["best_setting"] in settings
     perf = read(root, "metrics/perf/pairs/good.json")
     assert perf["metrics"]["tpot_ms"] > 0 and perf["baseline"]["tpot_ms"] > 0 and perf["metrics"]["tpot_speedup"] > 0
@@ -156,6 +185,7 @@ def test_pre_exported_ir_is_checked_not_re_exported(built):
     def add_prebuilt(p):
         p["models"]["prebuilt"] = {"family": "llm", "source": {"type": "local", "path": str(ir)}}
         p["build"] += ["prebuilt/int8", "prebuilt/fp16"]
+
     original = edited(root, add_prebuilt)
     try:
         run_stage("stages.fetch", "--model", "prebuilt", cwd=root)
@@ -163,7 +193,9 @@ def test_pre_exported_ir_is_checked_not_re_exported(built):
         run_stage("stages.export", "--artifact", "prebuilt/int8", cwd=root)
         manifest = read(root, "models/prebuilt/int8/manifest.json")
         assert manifest["prebuilt"] and manifest["rt_info"]["openvino_model.xml"]["mode"] == "int8_asym"
-        assert (root / "models/prebuilt/int8/openvino_model.bin").read_bytes() == (ir / "openvino_model.bin").read_bytes()
+        assert (root / "models/prebuilt/int8/openvino_model.bin").read_bytes() == (
+            ir / "openvino_model.bin"
+        ).read_bytes()
         proc = run_stage("stages.export", "--artifact", "prebuilt/fp16", cwd=root, check=False)
         assert proc.returncode != 0 and "fp16 requested but NNCF compression recorded" in proc.stderr
         assert not (root / "models/prebuilt/fp16").exists()

@@ -1,4 +1,5 @@
 """Speech eval sets, Whisper text normalization and WER, without any model."""
+
 import json
 
 import numpy as np
@@ -14,12 +15,15 @@ from stages.speechsets import build, sentences
 from tests.conftest import assert_nothing_written
 
 
-@pytest.mark.parametrize("a, b", [
-    ("four queen of clubs", "4 queen of clubs"),
-    ("Mr. Dashwood had ten colours!", "mister dashwood had 10 colors"),
-    ("It cost $20.", "it cost twenty dollars"),
-    ("He was not an ill-disposed young man.", "he was not an ill disposed young man"),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("four queen of clubs", "4 queen of clubs"),
+        ("Mr. Dashwood had ten colours!", "mister dashwood had 10 colors"),
+        ("It cost $20.", "it cost twenty dollars"),
+        ("He was not an ill-disposed young man.", "he was not an ill disposed young man"),
+    ],
+)
 def test_normalizer_treats_spelling_variants_as_equal(a, b):
     norm = english_normalizer()
     assert norm(a) == norm(b)
@@ -30,8 +34,9 @@ def test_wer_and_cer_match_hand_computed_values():
     rates = error_rates(["the cat sat on the mat"], ["the cat sit on mat down"])
     assert rates["wer"] == pytest.approx(3 / 6)
     # corpus WER pools errors over words: (0 + 1) / (3 + 3); "ten" and "10" are the same word
-    assert error_rates(["ten of clubs", "queen of hearts"], ["10 of clubs", "queen of spades"])["wer"] == \
-        pytest.approx(1 / 6)
+    assert error_rates(["ten of clubs", "queen of hearts"], ["10 of clubs", "queen of spades"])["wer"] == pytest.approx(
+        1 / 6
+    )
     assert error_rates(["abc"], ["abd"])["cer"] == pytest.approx(1 / 3)
 
 
@@ -54,12 +59,18 @@ def test_manifest_set_is_resampled_to_16k_mono(workdir):
     assert rate == 16000 and audio.ndim == 1 and len(audio) == 8000
 
 
-@pytest.mark.parametrize("line, message", [
-    ({"audio": "missing.wav", "text": "hello"}, "missing.wav: unreadable audio"),
-    ({"audio": "a.wav", "text": "  "}, "m.jsonl:1: empty reference text for a.wav"),
-    ({"audio": "a.wav", "text": "hi", "sampling_rate": 22050}, "a.wav: sample rate 16000 Hz, manifest says 22050 Hz"),
-    ({"text": "hi"}, "m.jsonl:1: needs an \"audio\" path"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ({"audio": "missing.wav", "text": "hello"}, "missing.wav: unreadable audio"),
+        ({"audio": "a.wav", "text": "  "}, "m.jsonl:1: empty reference text for a.wav"),
+        (
+            {"audio": "a.wav", "text": "hi", "sampling_rate": 22050},
+            "a.wav: sample rate 16000 Hz, manifest says 22050 Hz",
+        ),
+        ({"text": "hi"}, 'm.jsonl:1: needs an "audio" path'),
+    ],
+)
 def test_bad_manifest_entries_name_the_file_and_write_nothing(workdir, line, message):
     wav(workdir / "a.wav")
     (workdir / "m.jsonl").write_text(json.dumps(line) + "\n")

@@ -1,5 +1,6 @@
 """The text-embedding family (one module, stages/families/text_embedding.py, plus its params) on the real
 all-MiniLM-L6-v2: built, validated and gated through DVC; a damaged artifact and a wrong pooling fail."""
+
 import json
 
 import numpy as np
@@ -37,13 +38,27 @@ def embedding_params(eval_file) -> dict:
         "models": {"minilm": {"family": "text-embedding", "source": {"type": "local", "path": MINILM}}},
         "variants": {"fp16": {"weight_format": "fp16"}, "int8": {"weight_format": "int8"}},
         "build": ["minilm/fp16", "minilm/int8"],
-        "eval_sets": {"text": {"path": str(eval_file)}}, "calibration": {}, "speech_sets": {},
-        "adapters": {}, "derived_drafts": {}, "drafts": [], "pairs": {}, "prompt_lookup": {},
-        "validate": {"inference_precision": "f32", "proxy_device": "CPU", "performance": False,
-                     "text-embedding": {"eval_set": "text", "pairs": 8, "words_per_pair": 24}},
-        "gate": {"mode": "dev", "rules": [
-            {"family": "text-embedding", "metric": "embedding_cosine_min", "against": "source", "min": 0.99},
-            {"family": "text-embedding", "metric": "retrieval_top1", "against": "source", "max_decrease": 0.05}]},
+        "eval_sets": {"text": {"path": str(eval_file)}},
+        "calibration": {},
+        "speech_sets": {},
+        "adapters": {},
+        "derived_drafts": {},
+        "drafts": [],
+        "pairs": {},
+        "prompt_lookup": {},
+        "validate": {
+            "inference_precision": "f32",
+            "proxy_device": "CPU",
+            "performance": False,
+            "text-embedding": {"eval_set": "text", "pairs": 8, "words_per_pair": 24},
+        },
+        "gate": {
+            "mode": "dev",
+            "rules": [
+                {"family": "text-embedding", "metric": "embedding_cosine_min", "against": "source", "min": 0.99},
+                {"family": "text-embedding", "metric": "retrieval_top1", "against": "source", "max_decrease": 0.05},
+            ],
+        },
     }
 
 
@@ -84,7 +99,9 @@ def test_damaged_weights_fail_the_gate_on_cosine(embedding_project, tmp_path):
     weights = root / "models/minilm/int8/openvino_model.bin"
     data = bytearray(weights.read_bytes())
     rng = np.random.default_rng(0)
-    data[len(data) // 4:len(data) // 2] = rng.integers(0, 256, len(data) // 2 - len(data) // 4, dtype=np.uint8).tobytes()
+    data[len(data) // 4 : len(data) // 2] = rng.integers(
+        0, 256, len(data) // 2 - len(data) // 4, dtype=np.uint8
+    ).tobytes()
     weights.unlink()  # a DVC cache link: replace the file, never write through it
     weights.write_bytes(bytes(data))
     run_stage("stages.validate", "--artifact", "minilm/int8", cwd=root)

@@ -1,4 +1,5 @@
 """One meaning for every bound, shared by the gate and the regression check."""
+
 import math
 
 import pytest
@@ -6,25 +7,28 @@ import pytest
 from stages.core.thresholds import check, percent
 
 
-@pytest.mark.parametrize("bounds, value, ref, ok", [
-    ({"max": 10}, 10.0, None, True),
-    ({"max": 10}, 10.0000000001, None, True),  # float noise is not a breach
-    ({"max": 10}, 10.01, None, False),
-    ({"min": 0.5}, 0.5, None, True),
-    ({"min": 0.5}, 0.49, None, False),
-    ({"max_increase_pct": 2}, 51.0, 50.0, True),
-    ({"max_increase_pct": 2}, 51.01, 50.0, False),
-    ({"max_decrease_pct": 10}, 45.0, 50.0, True),
-    ({"max_decrease_pct": 10}, 44.9, 50.0, False),
-    ({"max_increase": 0.02}, 0.12, 0.10, True),
-    ({"max_increase": 0.02}, 0.121, 0.10, False),
-    ({"max_decrease": 1}, 24.0, 25.0, True),
-    ({"max_decrease": 1}, 23.9, 25.0, False),
-    ({"max_increase_pct": 5}, 0.0, 0.0, True),  # no change from 0 is 0 %
-    ({"max_increase_pct": 5}, 0.1, 0.0, False),  # any change from 0 is unbounded in %
-    ({"max_increase_pct": 5, "max": 100}, 52.0, 50.0, True),
-    ({"max_increase_pct": 5, "max": 51}, 52.0, 50.0, False),
-])
+@pytest.mark.parametrize(
+    "bounds, value, ref, ok",
+    [
+        ({"max": 10}, 10.0, None, True),
+        ({"max": 10}, 10.0000000001, None, True),  # float noise is not a breach
+        ({"max": 10}, 10.01, None, False),
+        ({"min": 0.5}, 0.5, None, True),
+        ({"min": 0.5}, 0.49, None, False),
+        ({"max_increase_pct": 2}, 51.0, 50.0, True),
+        ({"max_increase_pct": 2}, 51.01, 50.0, False),
+        ({"max_decrease_pct": 10}, 45.0, 50.0, True),
+        ({"max_decrease_pct": 10}, 44.9, 50.0, False),
+        ({"max_increase": 0.02}, 0.12, 0.10, True),
+        ({"max_increase": 0.02}, 0.121, 0.10, False),
+        ({"max_decrease": 1}, 24.0, 25.0, True),
+        ({"max_decrease": 1}, 23.9, 25.0, False),
+        ({"max_increase_pct": 5}, 0.0, 0.0, True),  # no change from 0 is 0 %
+        ({"max_increase_pct": 5}, 0.1, 0.0, False),  # any change from 0 is unbounded in %
+        ({"max_increase_pct": 5, "max": 100}, 52.0, 50.0, True),
+        ({"max_increase_pct": 5, "max": 51}, 52.0, 50.0, False),
+    ],
+)
 def test_bounds(bounds, value, ref, ok):
     assert check(bounds, value, ref).ok is ok
 

@@ -1,4 +1,5 @@
 """Strict draft/main tokenizer check: identical passes; each kind of mismatch fails with a readable diff."""
+
 import json
 
 import pytest
@@ -21,8 +22,9 @@ def save(tok, folder, with_ir=False):
 
 def merged_tokens(tok) -> list[str]:
     """Tokens learned by BPE merges (longer than one byte symbol), in id order."""
-    return sorted((t for t in tok.get_vocab() if len(t) > 2 and t not in tok.all_special_tokens),
-                  key=tok.get_vocab().get)
+    return sorted(
+        (t for t in tok.get_vocab() if len(t) > 2 and t not in tok.all_special_tokens), key=tok.get_vocab().get
+    )
 
 
 def permuted(tok):
@@ -34,9 +36,14 @@ def permuted(tok):
     spec = json.loads(tok.backend_tokenizer.to_str())
     vocab = spec["model"]["vocab"]
     vocab[a], vocab[b] = vocab[b], vocab[a]
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
-                                   bos_token=tok.bos_token, eos_token=tok.eos_token, unk_token=tok.unk_token,
-                                   pad_token=tok.pad_token, chat_template=tok.chat_template)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+        bos_token=tok.bos_token,
+        eos_token=tok.eos_token,
+        unk_token=tok.unk_token,
+        pad_token=tok.pad_token,
+        chat_template=tok.chat_template,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +92,17 @@ def digits_bytelevel_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tok.decoder = decoders.ByteLevel()
     corpus = ["\n\n   1. first\n   2. second", "  spaces   and\ttabs 3 4 5", "def f(x):\n    return x + 12"] * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
 
 

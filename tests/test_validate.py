@@ -1,5 +1,6 @@
 """Validation of one artifact: per-device results and outputs, the three levels (validated, emulated, not
 validated), the proxy, a build-only host, the ad hoc CLI, and the source reference it is compared with."""
+
 import json
 import math
 
@@ -58,8 +59,10 @@ def test_absent_target_without_emulation_is_not_validated_with_proxy_numbers(exp
     run_stage("stages.validate", "--artifact", "tiny/int4-npu")
     rec = record(exported, "int4-npu")
     assert rec["status"] == "not_validated"
-    assert rec["devices"]["NPU"] == {"status": "not_validated",
-                                     "reason": "device NPU is not present on this host (available: CPU)"}
+    assert rec["devices"]["NPU"] == {
+        "status": "not_validated",
+        "reason": "device NPU is not present on this host (available: CPU)",
+    }
     assert rec["proxy"]["device"] == "CPU" and rec["proxy"]["metrics"]["perplexity"] > 0
     assert (exported / "outputs/tiny/int4-npu/proxy/outputs.json").is_file()
 
@@ -75,8 +78,9 @@ def test_an_artifact_missing_an_ir_file_is_one_clear_error(exported):
     (exported / "models/tiny/fp16/openvino_model.bin").unlink()
     proc = run_stage("stages.validate", "--artifact", "tiny/fp16", check=False)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == ("error: models/tiny/fp16/openvino_model.bin: IR weights missing (re-run "
-                                   "`dvc repro export@tiny/fp16`)")
+    assert proc.stderr.strip() == (
+        "error: models/tiny/fp16/openvino_model.bin: IR weights missing (re-run `dvc repro export@tiny/fp16`)"
+    )
     assert not (exported / "metrics/validate/tiny/fp16.json").exists()
 
 
@@ -138,8 +142,12 @@ def perturb_weights(folder, scale: float = 0.15, seed: int = 0) -> None:
     core, rng = ov.Core(), np.random.default_rng(seed)
     model = core.read_model(folder / "openvino_model.xml")
     for node in model.get_ordered_ops():
-        if node.get_type_name() == "Constant" and node.get_element_type() in (ov.Type.f16, ov.Type.f32) \
-                and node.get_output_size() == 1 and np.prod(node.get_output_shape(0)) >= 1024:
+        if (
+            node.get_type_name() == "Constant"
+            and node.get_element_type() in (ov.Type.f16, ov.Type.f32)
+            and node.get_output_size() == 1
+            and np.prod(node.get_output_shape(0)) >= 1024
+        ):
             data = node.get_data()
             noisy = (data * (1 + scale * rng.standard_normal(data.shape))).astype(data.dtype)
             node.output(0).replace(ops.constant(noisy).output(0))
@@ -156,7 +164,8 @@ def test_an_fp16_ir_altered_after_export_fails_the_gate_against_the_source(expor
     vs source with the value and the source's, and the release stage is never reached."""
     params = yaml.safe_load((exported / "params.yaml").read_text())
     params["gate"]["rules"] += [  # fp16 within 1 % of the source both ways: a broken export may score lower too
-        {"family": "llm", "metric": "perplexity", "against": "source", "variants": ["fp16"], "max_decrease_pct": 1}]
+        {"family": "llm", "metric": "perplexity", "against": "source", "variants": ["fp16"], "max_decrease_pct": 1}
+    ]
     write_params(exported, params)
     perturb_weights(exported / "models/tiny/fp16")
     for variant in ("fp16", "int8", "int4", "int4-npu"):

@@ -22,6 +22,7 @@ Weights are saved as fp32 safetensors: CT2 Whisper files are fp16 and fp16 -> fp
 checkpoint would load as fp16 (transformers 5 defaults to dtype="auto"), which is slow and lossy on CPU and for the
 OpenVINO export that follows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,16 @@ METADATA = {
     "decoder/alignment_layer": None,
 }
 TIED_ALIAS = ("decoder/projection/weight", "decoder/embeddings/weight")
-NON_LANGUAGE_TOKENS = {"<|endoftext|>", "<|startoftranscript|>", "<|translate|>", "<|transcribe|>",
-                       "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"}
+NON_LANGUAGE_TOKENS = {
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|translate|>",
+    "<|transcribe|>",
+    "<|startoflm|>",
+    "<|startofprev|>",
+    "<|nocaptions|>",
+    "<|notimestamps|>",
+}
 
 
 class CT2FormatError(ValueError):
@@ -101,8 +110,10 @@ class _Stream:
             else:
                 self._next()
         if need:
-            raise CT2FormatError(f"{self.where}: truncated at byte {self.pos + n - need} of the model stream: "
-                                 f"{what} needs {n} bytes, only {n - need} left")
+            raise CT2FormatError(
+                f"{self.where}: truncated at byte {self.pos + n - need} of the model stream: "
+                f"{what} needs {n} bytes, only {n - need} left"
+            )
         self.pos += n
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -156,13 +167,17 @@ def read_ct2(model_files: list[Path]) -> CT2Model:
         s = _Stream(files, stack)
         (version,) = s.unpack("I", "binary version")
         if version not in SUPPORTED_BINARY_VERSIONS:
-            raise CT2FormatError(f"{s.where}: CT2 binary version {version} is not supported "
-                                 f"(expected one of {SUPPORTED_BINARY_VERSIONS}): not a CTranslate2 model.bin?")
+            raise CT2FormatError(
+                f"{s.where}: CT2 binary version {version} is not supported "
+                f"(expected one of {SUPPORTED_BINARY_VERSIONS}): not a CTranslate2 model.bin?"
+            )
         spec = s.string("spec name")
         (revision,) = s.unpack("I", "spec revision")
         if spec != "WhisperSpec" or revision > MAX_SPEC_REVISION:
-            raise CT2FormatError(f"{s.where}: spec '{spec}' revision {revision} is not a supported Whisper model "
-                                 f"(WhisperSpec revision <= {MAX_SPEC_REVISION})")
+            raise CT2FormatError(
+                f"{s.where}: spec '{spec}' revision {revision} is not a supported Whisper model "
+                f"(WhisperSpec revision <= {MAX_SPEC_REVISION})"
+            )
         (n_vars,) = s.unpack("I", "variable count")
         variables: dict[str, np.ndarray] = {}
         for i in range(n_vars):
@@ -173,8 +188,10 @@ def read_ct2(model_files: list[Path]) -> CT2Model:
         (n_aliases,) = s.unpack("I", "alias count")
         aliases = {s.string(f"alias #{i}"): s.string(f"target of alias #{i}") for i in range(n_aliases)}
         if not s.at_end():
-            raise CT2FormatError(f"{s.where}: trailing bytes after the alias table (byte {s.pos}): corrupt file "
-                                 "or parts given in the wrong order?")
+            raise CT2FormatError(
+                f"{s.where}: trailing bytes after the alias table (byte {s.pos}): corrupt file "
+                "or parts given in the wrong order?"
+            )
     label = str(files[0]) if len(files) == 1 else " + ".join(map(str, files))
     return CT2Model(version, spec, revision, variables, aliases, label)
 
@@ -182,6 +199,7 @@ def read_ct2(model_files: list[Path]) -> CT2Model:
 @dataclass
 class _Taker:
     """Hands out CT2 variables and remembers which were used, so that none is left over or used twice."""
+
     model: CT2Model
     used: list[str] = field(default_factory=list)
 
@@ -202,8 +220,10 @@ class _Taker:
     def check_all_used(self) -> None:
         unused = sorted(set(self.model.variables) - set(self.used))
         if unused:
-            raise CT2FormatError(f"{self.model.label}: {len(unused)} variable(s) not understood by the converter, "
-                                 f"first: '{unused[0]}' (up to 10: {unused[:10]})")
+            raise CT2FormatError(
+                f"{self.model.label}: {len(unused)} variable(s) not understood by the converter, "
+                f"first: '{unused[0]}' (up to 10: {unused[:10]})"
+            )
 
 
 def _count_layers(take: _Taker, stack: str) -> int:
@@ -241,17 +261,21 @@ def _fused(take: _Taker, src: str, dst: str, heads: list[str]) -> dict:
 
 def _layer(take: _Taker, stack: str, i: int) -> dict:
     src, dst = f"{stack}/layer_{i}", f"model.{stack}.layers.{i}"
-    sd = {**_fused(take, f"{src}/self_attention/linear_0", f"{dst}.self_attn", ["q", "k", "v"]),
-          **_linear(take, f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj"),
-          **_norm(take, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm"),
-          **_linear(take, f"{src}/ffn/linear_0", f"{dst}.fc1"),
-          **_linear(take, f"{src}/ffn/linear_1", f"{dst}.fc2"),
-          **_norm(take, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")}
+    sd = {
+        **_fused(take, f"{src}/self_attention/linear_0", f"{dst}.self_attn", ["q", "k", "v"]),
+        **_linear(take, f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj"),
+        **_norm(take, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm"),
+        **_linear(take, f"{src}/ffn/linear_0", f"{dst}.fc1"),
+        **_linear(take, f"{src}/ffn/linear_1", f"{dst}.fc2"),
+        **_norm(take, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm"),
+    }
     if stack == "decoder":
-        sd |= {**_linear(take, f"{src}/attention/linear_0", f"{dst}.encoder_attn.q_proj"),
-               **_fused(take, f"{src}/attention/linear_1", f"{dst}.encoder_attn", ["k", "v"]),
-               **_linear(take, f"{src}/attention/linear_2", f"{dst}.encoder_attn.out_proj"),
-               **_norm(take, f"{src}/attention/layer_norm", f"{dst}.encoder_attn_layer_norm")}
+        sd |= {
+            **_linear(take, f"{src}/attention/linear_0", f"{dst}.encoder_attn.q_proj"),
+            **_fused(take, f"{src}/attention/linear_1", f"{dst}.encoder_attn", ["k", "v"]),
+            **_linear(take, f"{src}/attention/linear_2", f"{dst}.encoder_attn.out_proj"),
+            **_norm(take, f"{src}/attention/layer_norm", f"{dst}.encoder_attn_layer_norm"),
+        }
     return sd
 
 
@@ -262,8 +286,10 @@ def _metadata(take: _Taker) -> dict:
         if name in take.model.variables or expected is not None:
             values[name] = take.scalar(name)
             if expected is not None and values[name] != expected:
-                raise CT2FormatError(f"{take.model.label}: '{name}' = {values[name]}, this converter only handles "
-                                     f"{expected} (the Whisper architecture)")
+                raise CT2FormatError(
+                    f"{take.model.label}: '{name}' = {values[name]}, this converter only handles "
+                    f"{expected} (the Whisper architecture)"
+                )
     return values
 
 
@@ -271,11 +297,15 @@ def _weights(take: _Taker) -> tuple[dict, dict]:
     """CT2 variables -> (transformers state dict as numpy arrays, dims/metadata)."""
     model, names = take.model, take.model.variables
     if any(n.endswith("_scale") for n in names) or any(v.dtype.kind in "iu" for v in names.values() if v.ndim > 1):
-        raise CT2FormatError(f"{model.label}: quantized (int8/int16) CT2 models are not supported: convert the "
-                             "Whisper model with --quantization float16 or float32")
+        raise CT2FormatError(
+            f"{model.label}: quantized (int8/int16) CT2 models are not supported: convert the "
+            "Whisper model with --quantization float16 or float32"
+        )
     meta = _metadata(take)
-    sd = {**_linear(take, "encoder/conv1", "model.encoder.conv1"),
-          **_linear(take, "encoder/conv2", "model.encoder.conv2")}
+    sd = {
+        **_linear(take, "encoder/conv1", "model.encoder.conv1"),
+        **_linear(take, "encoder/conv2", "model.encoder.conv2"),
+    }
     for stack in ("encoder", "decoder"):
         sd[f"model.{stack}.embed_positions.weight"] = take(f"{stack}/position_encodings/encodings")
         sd |= _norm(take, f"{stack}/layer_norm", f"model.{stack}.layer_norm")
@@ -316,17 +346,27 @@ def _config(sd: dict, meta: dict, ids: dict, ct2: dict):
 
     d_model, n_mels, _ = sd["model.encoder.conv1.weight"].shape
     return WhisperConfig(
-        vocab_size=sd["model.decoder.embed_tokens.weight"].shape[0], num_mel_bins=n_mels, d_model=d_model,
-        encoder_layers=meta["encoder_layers"], decoder_layers=meta["decoder_layers"],
-        encoder_attention_heads=meta["encoder/num_heads"], decoder_attention_heads=meta["decoder/num_heads"],
+        vocab_size=sd["model.decoder.embed_tokens.weight"].shape[0],
+        num_mel_bins=n_mels,
+        d_model=d_model,
+        encoder_layers=meta["encoder_layers"],
+        decoder_layers=meta["decoder_layers"],
+        encoder_attention_heads=meta["encoder/num_heads"],
+        decoder_attention_heads=meta["decoder/num_heads"],
         encoder_ffn_dim=sd["model.encoder.layers.0.fc1.weight"].shape[0],
         decoder_ffn_dim=sd["model.decoder.layers.0.fc1.weight"].shape[0],
         max_source_positions=sd["model.encoder.embed_positions.weight"].shape[0],
         max_target_positions=sd["model.decoder.embed_positions.weight"].shape[0],
-        activation_function="gelu", scale_embedding=False, tie_word_embeddings=meta["tied"],
-        pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
-        decoder_start_token_id=ids["<|startoftranscript|>"], suppress_tokens=list(ct2["suppress_ids"]),
-        begin_suppress_tokens=list(ct2["suppress_ids_begin"]))
+        activation_function="gelu",
+        scale_embedding=False,
+        tie_word_embeddings=meta["tied"],
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|endoftext|>"],
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        suppress_tokens=list(ct2["suppress_ids"]),
+        begin_suppress_tokens=list(ct2["suppress_ids_begin"]),
+    )
 
 
 def _model(sd: dict, config):
@@ -338,8 +378,11 @@ def _model(sd: dict, config):
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(config)
     tensors = {k: torch.from_numpy(v.astype(np.float32)) for k, v in sd.items() if k != "proj_out.weight"}
-    tensors["proj_out.weight"] = tensors["model.decoder.embed_tokens.weight"] if config.tie_word_embeddings \
+    tensors["proj_out.weight"] = (
+        tensors["model.decoder.embed_tokens.weight"]
+        if config.tie_word_embeddings
         else torch.from_numpy(sd["proj_out.weight"].astype(np.float32))
+    )
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as e:
@@ -358,20 +401,32 @@ def _tokenizer(meta_dir: Path, vocab_size: int):
     path = meta_dir / "tokenizer.json"
     added = sorted(json.loads(path.read_text(encoding="utf-8"))["added_tokens"], key=lambda t: t["id"])
     specials = [t["content"] for t in added if t["special"]]
-    tok = WhisperTokenizerFast(tokenizer_file=str(path), extra_special_tokens=specials, pad_token="<|endoftext|>",
-                               unk_token="<|endoftext|>", bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    tok = WhisperTokenizerFast(
+        tokenizer_file=str(path),
+        extra_special_tokens=specials,
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+    )
     missing = sorted(NON_LANGUAGE_TOKENS - set(specials))
     if missing:
         raise CT2FormatError(f"{path}: Whisper special token(s) missing: {missing}")
-    tok.add_tokens([AddedToken(f"<|{i * 0.02:.2f}|>", lstrip=False, rstrip=False, normalized=False, special=False)
-                    for i in range(vocab_size - len(tok))])
+    tok.add_tokens(
+        [
+            AddedToken(f"<|{i * 0.02:.2f}|>", lstrip=False, rstrip=False, normalized=False, special=False)
+            for i in range(vocab_size - len(tok))
+        ]
+    )
     expected = (meta_dir / "vocabulary.txt").read_text(encoding="utf-8").split("\n")
     expected = expected[:-1] if expected[-1] == "" else expected
     got = tok.convert_ids_to_tokens(list(range(vocab_size)))
     if len(expected) != vocab_size or got != expected:
         bad = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
-        raise CT2FormatError(f"{meta_dir}: tokenizer.json + timestamps does not match vocabulary.txt "
-                             f"({len(expected)} lines, model has {vocab_size} rows; first difference at id {bad})")
+        raise CT2FormatError(
+            f"{meta_dir}: tokenizer.json + timestamps does not match vocabulary.txt "
+            f"({len(expected)} lines, model has {vocab_size} rows; first difference at id {bad})"
+        )
     return tok
 
 
@@ -384,23 +439,37 @@ def _generation_config(tok, ct2: dict, model_config) -> tuple:
     multilingual = model_config.vocab_size >= 51865  # openai/whisper's own rule
     extra, note = {}, "ignored (English-only model)"
     if multilingual:
-        langs = {t: i for t, i in tok.get_added_vocab().items()
-                 if t in tok.extra_special_tokens and t not in NON_LANGUAGE_TOKENS}
+        langs = {
+            t: i
+            for t, i in tok.get_added_vocab().items()
+            if t in tok.extra_special_tokens and t not in NON_LANGUAGE_TOKENS
+        }
         if sorted(langs.values()) != sorted(ct2["lang_ids"]):
             raise CT2FormatError("config.json: lang_ids do not match the tokenizer's language tokens")
         # task: the default openai/whisper uses; without it a call with no task/language would detect the language
         # but put no task token in the prompt, which makes multilingual Whisper babble
-        extra = {"lang_to_id": langs, "task": "transcribe",
-                 "task_to_id": {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}}
+        extra = {
+            "lang_to_id": langs,
+            "task": "transcribe",
+            "task_to_id": {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        }
         note = "match the tokenizer"
     gen = GenerationConfig(
-        decoder_start_token_id=ids["<|startoftranscript|>"], bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
-        max_length=model_config.max_target_positions, suppress_tokens=list(ct2["suppress_ids"]),
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        max_length=model_config.max_target_positions,
+        suppress_tokens=list(ct2["suppress_ids"]),
         begin_suppress_tokens=list(ct2["suppress_ids_begin"]),
-        alignment_heads=[list(h) for h in ct2["alignment_heads"]], is_multilingual=multilingual,
-        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
-        max_initial_timestamp_index=50, return_timestamps=False, **extra)
+        alignment_heads=[list(h) for h in ct2["alignment_heads"]],
+        is_multilingual=multilingual,
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        prev_sot_token_id=ids["<|startofprev|>"],
+        max_initial_timestamp_index=50,
+        return_timestamps=False,
+        **extra,
+    )
     return gen, note
 
 
@@ -425,20 +494,37 @@ def convert_ct2_whisper(model_files: list[Path], meta_dir: Path, out: Path, labe
     model = _model(sd, config)
     del sd
     model.generation_config = generation
-    processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=config.num_mel_bins),
-                                 tokenizer=tokenizer)
+    processor = WhisperProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=config.num_mel_bins), tokenizer=tokenizer
+    )
     with atomic_dir(Path(out)) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     report = {
-        "source": label or ct2.label, "binary_version": ct2.version, "spec_revision": ct2.revision,
-        "n_params": sum(p.numel() for p in model.parameters()), "dtype": "float32",
-        "multilingual": generation.is_multilingual, "config_lang_ids": lang_ids_note,
-        "dims": {k: getattr(config, k) for k in ("d_model", "encoder_layers", "decoder_layers",
-                                                 "encoder_attention_heads", "decoder_attention_heads",
-                                                 "encoder_ffn_dim", "vocab_size", "num_mel_bins")},
+        "source": label or ct2.label,
+        "binary_version": ct2.version,
+        "spec_revision": ct2.revision,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "dtype": "float32",
+        "multilingual": generation.is_multilingual,
+        "config_lang_ids": lang_ids_note,
+        "dims": {
+            k: getattr(config, k)
+            for k in (
+                "d_model",
+                "encoder_layers",
+                "decoder_layers",
+                "encoder_attention_heads",
+                "decoder_attention_heads",
+                "encoder_ffn_dim",
+                "vocab_size",
+                "num_mel_bins",
+            )
+        },
         "metadata": {k: v for k, v in meta.items() if "/" in k},
-        "aliases": ct2.aliases, "variables_used": take.used, "n_variables": len(ct2.variables),
+        "aliases": ct2.aliases,
+        "variables_used": take.used,
+        "n_variables": len(ct2.variables),
     }
     log.info("converted %s -> %s (%d params)", ct2.label, out, report["n_params"])
     return report

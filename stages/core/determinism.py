@@ -1,5 +1,6 @@
 """Identical bytes for the same seed on the same software: every builder that trains or samples (tiny models, the
 LoRA, draft distillation) and the PyTorch reference start here."""
+
 from __future__ import annotations
 
 TORCH_THREADS = 2  # intra-op reductions sum in a thread-count-dependent order: fix the count, not the host's

@@ -6,6 +6,7 @@ partitioning layer) can place every partition on the CPU, so openvino-genai's NP
 prefill/generate split, MAX_PROMPT_LEN) run for real while the arithmetic is the CPU's. That exercises genai's NPU
 path and NPUW, not the NPU compiler, NPU numerics or NPU speed.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,9 +46,12 @@ def emulation_available(kind: str) -> bool:
 def emulation(device: str) -> dict:
     """How an emulated target runs (for records and cards)."""
     spec = EMULATIONS[device_kind(device)]
-    return {"label": spec["label"], "compute": spec["compute"],
-            "covers": "the target's openvino-genai pipeline and plugin path (NPU: static shapes, NPUW partitioning)",
-            "not_covered": "the device compiler, its numerics and its speed"}
+    return {
+        "label": spec["label"],
+        "compute": spec["compute"],
+        "covers": "the target's openvino-genai pipeline and plugin path (NPU: static shapes, NPUW partitioning)",
+        "not_covered": "the device compiler, its numerics and its speed",
+    }
 
 
 def run_level(device: str, emulate: list[str]) -> tuple[str, str, dict, str]:
@@ -57,13 +61,22 @@ def run_level(device: str, emulate: list[str]) -> tuple[str, str, dict, str]:
     kind = device_kind(device)
     if kind in emulate and device == kind and emulation_available(kind):
         return "emulated", device, dict(EMULATIONS[kind]["options"]), ""
-    return "not_validated", device, {}, (f"device {device} is not present on this host (available: "
-                                         f"{', '.join(available_devices()) or 'none'})")
+    return (
+        "not_validated",
+        device,
+        {},
+        (f"device {device} is not present on this host (available: {', '.join(available_devices()) or 'none'})"),
+    )
 
 
 def host_devices(emulate: tuple[str, ...] = tuple(EMULATIONS)) -> dict:
     """What the devices stage records: device kinds present, and which absent ones can be emulated."""
     present = available_devices()
-    return {"devices": present, "emulated": {k: EMULATIONS[k]["label"] for k in emulate
-                                             if k not in {device_kind(d) for d in present}
-                                             and emulation_available(k)}}
+    return {
+        "devices": present,
+        "emulated": {
+            k: EMULATIONS[k]["label"]
+            for k in emulate
+            if k not in {device_kind(d) for d in present} and emulation_available(k)
+        },
+    }

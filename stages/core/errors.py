@@ -4,6 +4,7 @@ A `BuildError` carries a single line naming the key, file, repository or value a
 line and exits 1; with OVBUILD_DEBUG=1 it prints the traceback too. Library errors caused by user input become a
 BuildError at one boundary (`user_input`), never by catching everything: a bug still shows its traceback.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,13 +24,25 @@ class BuildError(Exception):
 
 # Library errors that mean "this input is unreadable / unreachable", not "the code has a bug".
 def _input_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [OSError, ValueError, EOFError, json.JSONDecodeError, UnicodeDecodeError,
-                                        KeyError, IndexError, TypeError]
-    for module, names in (("safetensors", ("SafetensorError",)), ("yaml", ("YAMLError",)),
-                          ("PIL", ("UnidentifiedImageError",)), ("soundfile", ("LibsndfileError",)),
-                          ("huggingface_hub.errors", ("HfHubHTTPError", "LocalEntryNotFoundError",
-                                                      "OfflineModeIsEnabled")),
-                          ("requests", ("RequestException",)), ("httpx", ("HTTPError",))):
+    types: list[type[BaseException]] = [
+        OSError,
+        ValueError,
+        EOFError,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        KeyError,
+        IndexError,
+        TypeError,
+    ]
+    for module, names in (
+        ("safetensors", ("SafetensorError",)),
+        ("yaml", ("YAMLError",)),
+        ("PIL", ("UnidentifiedImageError",)),
+        ("soundfile", ("LibsndfileError",)),
+        ("huggingface_hub.errors", ("HfHubHTTPError", "LocalEntryNotFoundError", "OfflineModeIsEnabled")),
+        ("requests", ("RequestException",)),
+        ("httpx", ("HTTPError",)),
+    ):
         mod = sys.modules.get(module)
         for name in names:
             if mod is not None and isinstance(getattr(mod, name, None), type):
@@ -97,5 +110,14 @@ def _log_timing(stage: str, seconds: float, code: int) -> None:
     with contextlib.suppress(OSError):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "a") as f:
-            f.write(json.dumps({"stage": stage, "seconds": round(seconds, 2), "exit": code,
-                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "stage": stage,
+                        "seconds": round(seconds, 2),
+                        "exit": code,
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    }
+                )
+                + "\n"
+            )

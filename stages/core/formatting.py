@@ -1,14 +1,25 @@
 """How numbers, recipes and verdicts read in the report and the model cards (one place for both)."""
+
 from __future__ import annotations
 
 from stages.core.schema import Variant
 
 PERFORMANCE = {  # metric: (column title, number format)
-    "load_s": ("load+compile s", ".2f"), "ttft_ms": ("TTFT ms", ".1f"), "tpot_ms": ("TPOT ms", ".2f"),
-    "throughput_tok_s": ("tokens/s", ".1f"), "rtf": ("RTF", ".3f"), "image_s": ("s/image", ".3f"),
-    "peak_rss_mb": ("peak RSS MB", ".0f")}
-LEVELS = {"validated": "validated", "emulated": "emulated", "not_validated": "not validated", "proxy": "proxy",
-          "missing": "missing"}
+    "load_s": ("load+compile s", ".2f"),
+    "ttft_ms": ("TTFT ms", ".1f"),
+    "tpot_ms": ("TPOT ms", ".2f"),
+    "throughput_tok_s": ("tokens/s", ".1f"),
+    "rtf": ("RTF", ".3f"),
+    "image_s": ("s/image", ".3f"),
+    "peak_rss_mb": ("peak RSS MB", ".0f"),
+}
+LEVELS = {
+    "validated": "validated",
+    "emulated": "emulated",
+    "not_validated": "not validated",
+    "proxy": "proxy",
+    "missing": "missing",
+}
 
 
 def fmt(x, spec: str = ".4g") -> str:
@@ -39,8 +50,9 @@ def gate_status(rows: list[dict], name: str) -> str:
     failed = sorted({r["device"] for r in rows if r["status"] == "fail"})
     if failed:
         return f"FAIL ({', '.join(failed)})"
-    passed = sorted({f"{r['device']}{' emulated' if r['level'] == 'emulated' else ''}" for r in rows
-                     if r["status"] == "pass"})
+    passed = sorted(
+        {f"{r['device']}{' emulated' if r['level'] == 'emulated' else ''}" for r in rows if r["status"] == "pass"}
+    )
     absent = sorted({r["device"] for r in rows if r["status"] == "not_validated"})
     parts = [f"pass ({', '.join(passed)})"] if passed else []
     if absent:
@@ -66,8 +78,10 @@ def example_text(x: dict) -> str:
     if kind == "window":
         return f"window {x['index']} {x['text'][:60]!r}: NLL/token {x['nll_per_token_change']:+.3f}"
     if kind == "utterance":
-        return (f"{x['set']}/{x['audio']}: {x['output'][:70]!r} vs {x['compared'][:70]!r} "
-                f"(WER {x['wer_change']:+.2f} against the transcript)")
+        return (
+            f"{x['set']}/{x['audio']}: {x['output'][:70]!r} vs {x['compared'][:70]!r} "
+            f"(WER {x['wer_change']:+.2f} against the transcript)"
+        )
     if kind == "image":
         return f"{x['prompt'][:50]!r} seed {x['seed']}: SSIM {x['ssim']:.3f}, PSNR {x['psnr']:.1f} dB"
     if kind == "answer":

@@ -1,5 +1,6 @@
 """Files: atomic writes (temp + rename, stale temps of dead runs removed), readers that fail with one line,
 YAML that refuses duplicate keys, file inventories."""
+
 from __future__ import annotations
 
 import contextlib
@@ -142,8 +143,9 @@ def read_json(path: Path, what: str = "") -> Any:
         raise BuildError(f"{path}: {what or 'file'} not found")
     text = path.read_text(encoding="utf-8", errors="replace")
     if "<<<<<<<" in text and ">>>>>>>" in text:
-        raise BuildError(f"{path}: contains git merge-conflict markers; resolve them or re-run the stage that "
-                         "writes it")
+        raise BuildError(
+            f"{path}: contains git merge-conflict markers; resolve them or re-run the stage that writes it"
+        )
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -160,7 +162,8 @@ def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool 
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key '{key}' (first at line {seen[key] + 1})", key_node.start_mark)
+                None, None, f"duplicate key '{key}' (first at line {seen[key] + 1})", key_node.start_mark
+            )
         seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep)
 
@@ -210,8 +213,11 @@ def sha256_text(text: str) -> str:
 def file_inventory(root: Path, exclude: tuple[str, ...] = ("manifest.json",)) -> list[dict]:
     """Every file below `root` with its size and sha256, sorted by path."""
     root = Path(root)
-    return [{"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in exclude]
+    return [
+        {"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in exclude
+    ]
 
 
 def dir_size(root: Path) -> int:

@@ -1,5 +1,6 @@
 """Metric arithmetic, in one place: perplexity, WER/CER, text similarity, embedding cosines, CLIP score,
 SSIM/PSNR. Pure functions of their inputs; the families decide what to feed them."""
+
 from __future__ import annotations
 
 import functools
@@ -93,8 +94,10 @@ def image_similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
     if a.shape != b.shape:
         raise ValueError(f"images of different sizes {a.shape} and {b.shape}")
-    return {"ssim": float(structural_similarity(a, b, channel_axis=-1, data_range=255)),
-            "psnr": float(peak_signal_noise_ratio(a, b, data_range=255)) if not np.array_equal(a, b) else 100.0}
+    return {
+        "ssim": float(structural_similarity(a, b, channel_axis=-1, data_range=255)),
+        "psnr": float(peak_signal_noise_ratio(a, b, data_range=255)) if not np.array_equal(a, b) else 100.0,
+    }
 
 
 def mean(values) -> float:

@@ -1,4 +1,5 @@
 """Where every stage reads and writes (relative to the pipeline root). Artifacts are named `<model>/<variant>`."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """Recipe checks around export: before (checkpoint shapes vs group size) and after (what NNCF recorded in the IR)."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -38,7 +39,8 @@ def precheck_group_size(checkpoint: Path, variant: Variant, variant_name: str) -
         name, channels = bad[0]
         raise BuildError(
             f"variants.{variant_name}.group_size: {gs} does not divide the {channels} input channels of {name} "
-            f"({len(bad)} layer(s) affected); choose a divisor or set group_size_fallback: adjust|ignore")
+            f"({len(bad)} layer(s) affected); choose a divisor or set group_size_fallback: adjust|ignore"
+        )
 
 
 def read_model(model_xml: Path):
@@ -56,8 +58,11 @@ def read_model(model_xml: Path):
 
 def openvino_reason(e: RuntimeError) -> str:
     """The line of an OpenVINO error that says what is wrong (not where in its C++ sources)."""
-    lines = [line.strip() for line in str(e).splitlines()
-             if line.strip() and not line.startswith(("Exception from ", "Check '"))]
+    lines = [
+        line.strip()
+        for line in str(e).splitlines()
+        if line.strip() and not line.startswith(("Exception from ", "Check '"))
+    ]
     return lines[-1].split(" Please check")[0] if lines else type(e).__name__
 
 
@@ -113,8 +118,13 @@ def postcheck(model_xmls: list[Path], variant: Variant, variant_name: str) -> di
 
 
 # recipe key -> the rt_info key NNCF records it under (nncf/weight_compression/*)
-RT_INFO_KEYS = {"ratio": "ratio", "awq": "awq", "scale_estimation": "scale_estimation", "all_layers": "all_layers",
-                "backup_precision": "backup_mode"}
+RT_INFO_KEYS = {
+    "ratio": "ratio",
+    "awq": "awq",
+    "scale_estimation": "scale_estimation",
+    "all_layers": "all_layers",
+    "backup_precision": "backup_mode",
+}
 
 
 def requested(variant: Variant) -> dict[str, str]:
@@ -122,8 +132,10 @@ def requested(variant: Variant) -> dict[str, str]:
     option the params set explicitly."""
     if variant.weight_format == "fp16":
         return {}
-    want = {"mode": expected_mode(variant),
-            "group_size": str(-1 if variant.weight_format == "int8" else variant.group_size)}
+    want = {
+        "mode": expected_mode(variant),
+        "group_size": str(-1 if variant.weight_format == "int8" else variant.group_size),
+    }
     for key, rt_key in RT_INFO_KEYS.items():
         if key in variant.model_fields_set and getattr(variant, key) is not None:
             want[rt_key] = str(getattr(variant, key))
@@ -145,9 +157,13 @@ def recipe_problems(info: dict, variant: Variant, bitwidths: dict[str, float]) -
         return problems
     if not info:
         return ["no nncf/weight_compression rt_info: the IR was not compressed"]
-    problems = [f"{key} not recorded in the IR (requested {want})" if key not in info else
-                f"{key} {info[key]} != requested {want}" for key, want in requested(variant).items()
-                if key not in info or not same(str(info[key]), want)]
+    problems = [
+        f"{key} not recorded in the IR (requested {want})"
+        if key not in info
+        else f"{key} {info[key]} != requested {want}"
+        for key, want in requested(variant).items()
+        if key not in info or not same(str(info[key]), want)
+    ]
     low_bit = {"u4", "i4"} if variant.weight_format == "int4" else {"u8", "i8"}
     if not any(t in low_bit for t in bitwidths):
         problems.append(f"no {'/'.join(sorted(low_bit))} weights in the IR ({bitwidths})")

@@ -1,4 +1,5 @@
 """The host: logging, package versions, OpenVINO devices (narrowed by $OVBUILD_DEVICES)."""
+
 from __future__ import annotations
 
 import functools
@@ -15,8 +16,9 @@ REFERENCE_PACKAGES = ("torch", "transformers", "diffusers", "sentence-transforme
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
 
 
 def software_versions(packages: tuple[str, ...]) -> dict[str, str]:

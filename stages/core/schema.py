@@ -1,5 +1,6 @@
 """The params pieces every stage shares (model sources, export recipes, data sets, gate rules, drafts, adapters).
 Family-specific validation settings live in each family module; stages/params.py assembles the whole schema."""
+
 from __future__ import annotations
 
 import re
@@ -150,8 +151,19 @@ class Variant(Strict):
 
     def _format_problem(self) -> str | None:
         if self.weight_format == "fp16":
-            used = [k for k in ("group_size", "ratio", "backup_precision", "all_layers", "group_size_fallback",
-                                "dataset", "num_samples") if getattr(self, k) is not None]
+            used = [
+                k
+                for k in (
+                    "group_size",
+                    "ratio",
+                    "backup_precision",
+                    "all_layers",
+                    "group_size_fallback",
+                    "dataset",
+                    "num_samples",
+                )
+                if getattr(self, k) is not None
+            ]
             used += [k for k in ("sym", "awq", "scale_estimation") if getattr(self, k)]
             return f"weight_format fp16 takes no compression options, got {', '.join(used)}" if used else None
         if self.weight_format == "int8" and self.group_size not in (None, -1):
@@ -169,8 +181,10 @@ class Variant(Strict):
             return f"targets: listed twice in {self.targets}"
         npu = any(device_kind(t) == "NPU" for t in self.targets)
         if npu and self.weight_format == "int4" and (not self.sym or self.group_size != -1):
-            return ("targets: NPU needs int4 to be channel-wise symmetric (sym: true, group_size: -1); "
-                    f"got sym={self.sym}, group_size={self.group_size}")
+            return (
+                "targets: NPU needs int4 to be channel-wise symmetric (sym: true, group_size: -1); "
+                f"got sym={self.sym}, group_size={self.group_size}"
+            )
         if self.npu is not None and not npu:
             return "npu: NPU pipeline options given, but no target is an NPU"
         return None
@@ -229,8 +243,7 @@ def _text_set_tag(data):
     return data.get("type", "text") if isinstance(data, dict) else getattr(data, "type", "text")
 
 
-TextSource = Annotated[Annotated[TextSet, Tag("text")] | Annotated[HFTextSet, Tag("hf")],
-                       Discriminator(_text_set_tag)]
+TextSource = Annotated[Annotated[TextSet, Tag("text")] | Annotated[HFTextSet, Tag("hf")], Discriminator(_text_set_tag)]
 
 
 class ManifestSpeech(Strict):
@@ -294,10 +307,21 @@ class GateRule(Strict):
 
     @model_validator(mode="after")
     def _has_threshold(self) -> GateRule:
-        if all(v is None for v in (self.max, self.min, self.max_increase_pct, self.max_decrease_pct,
-                                   self.max_increase, self.max_decrease)):
-            raise ValueError(f"rule for '{self.metric}' sets no threshold (max, min, max_increase_pct, "
-                             "max_decrease_pct, max_increase, max_decrease)")
+        if all(
+            v is None
+            for v in (
+                self.max,
+                self.min,
+                self.max_increase_pct,
+                self.max_decrease_pct,
+                self.max_increase,
+                self.max_decrease,
+            )
+        ):
+            raise ValueError(
+                f"rule for '{self.metric}' sets no threshold (max, min, max_increase_pct, "
+                "max_decrease_pct, max_increase, max_decrease)"
+            )
         if self.pairs is not None and self.family != "speculative":
             raise ValueError("pairs: only rules with family: speculative select pairs")
         return self
@@ -330,10 +354,11 @@ class RegressionRule(Strict):
 
     @model_validator(mode="after")
     def _has_threshold(self) -> RegressionRule:
-        if all(v is None for v in (self.max_increase, self.max_increase_pct, self.max_decrease,
-                                   self.max_decrease_pct)):
-            raise ValueError(f"rule for '{self.metric}' sets no allowed change (max_increase, max_increase_pct, "
-                             "max_decrease, max_decrease_pct)")
+        if all(v is None for v in (self.max_increase, self.max_increase_pct, self.max_decrease, self.max_decrease_pct)):
+            raise ValueError(
+                f"rule for '{self.metric}' sets no allowed change (max_increase, max_increase_pct, "
+                "max_decrease, max_decrease_pct)"
+            )
         return self
 
 

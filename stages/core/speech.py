@@ -1,4 +1,5 @@
 """Speech sets as the speechsets stage writes them (data/speech/<name>/{manifest.jsonl, *.wav}), and audio reading."""
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,7 @@ def read_manifest(path: Path) -> list[dict]:
         except json.JSONDecodeError as e:
             raise BuildError(f"{path}:{i}: not JSON ({e.msg})") from e
         if not isinstance(entry, dict) or not entry.get("audio"):
-            raise BuildError(f"{path}:{i}: needs an \"audio\" path")
+            raise BuildError(f'{path}:{i}: needs an "audio" path')
         if not str(entry.get("text", "")).strip():
             raise BuildError(f"{path}:{i}: empty reference text for {entry['audio']}")
         entries.append({**entry, "audio": str((path.parent / entry["audio"]).resolve())})

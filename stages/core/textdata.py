@@ -1,5 +1,6 @@
 """Text sets: slices of local text files or of a `datasets` split, materialised into data/eval and
 data/calibration by the evalsets stage; readers for what it wrote."""
+
 from __future__ import annotations
 
 import gzip
@@ -27,16 +28,27 @@ def hf_text(spec: HFTextSet, key: str) -> tuple[str, dict]:
     """Rows of a `datasets` split joined by newlines, and the dataset's resolved revision."""
     from datasets import load_dataset
 
-    with user_input(f"{key}: dataset {spec.path}" + (f" / {spec.name}" if spec.name else "")
-                    + f" split {spec.split}" + (f" @ {spec.revision}" if spec.revision else "")):
+    with user_input(
+        f"{key}: dataset {spec.path}"
+        + (f" / {spec.name}" if spec.name else "")
+        + f" split {spec.split}"
+        + (f" @ {spec.revision}" if spec.revision else "")
+    ):
         split = spec.split if spec.max_samples is None else f"{spec.split}[:{spec.max_samples}]"
         ds = load_dataset(spec.path, spec.name, split=split, revision=spec.revision)
         if spec.column not in ds.column_names:
-            raise BuildError(f"{key}.column: '{spec.column}' is not a column of {spec.path} "
-                             f"(columns: {', '.join(ds.column_names)})")
+            raise BuildError(
+                f"{key}.column: '{spec.column}' is not a column of {spec.path} (columns: {', '.join(ds.column_names)})"
+            )
         text = "\n".join(str(x) for x in ds[spec.column])
-    return text, {"dataset": spec.path, "name": spec.name, "split": spec.split, "rows": len(ds),
-                  "requested_revision": spec.revision, "resolved_revision": dataset_revision(spec)}
+    return text, {
+        "dataset": spec.path,
+        "name": spec.name,
+        "split": spec.split,
+        "rows": len(ds),
+        "requested_revision": spec.revision,
+        "resolved_revision": dataset_revision(spec),
+    }
 
 
 def dataset_revision(spec) -> str | None:
@@ -60,8 +72,8 @@ def slice_text(spec: TextSet | HFTextSet, key: str) -> tuple[str, dict]:
             pos = text.find(spec.start_after)
             if pos < 0:
                 raise BuildError(f"{key}.start_after: '{spec.start_after}' not found in {spec.path}")
-            text = text[pos + len(spec.start_after):]
-    text = re.sub(r"\s+", " ", text)[spec.skip_chars:spec.skip_chars + spec.max_chars].strip()
+            text = text[pos + len(spec.start_after) :]
+    text = re.sub(r"\s+", " ", text)[spec.skip_chars : spec.skip_chars + spec.max_chars].strip()
     if not text:
         raise BuildError(f"{key}: no text left after start_after / skip_chars")
     return text, origin
@@ -83,4 +95,4 @@ def calibration_text(name: str) -> str:
 
 def calibration_samples(name: str, chars_per_sample: int = 1000) -> list[str]:
     text = calibration_text(name)
-    return [text[i:i + chars_per_sample] for i in range(0, len(text), chars_per_sample)]
+    return [text[i : i + chars_per_sample] for i in range(0, len(text), chars_per_sample)]

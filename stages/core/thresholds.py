@@ -2,6 +2,7 @@
 baseline): `max` / `min` bound the value; `max_increase` / `max_decrease` bound value - reference; the `_pct`
 forms bound that change relative to |reference|. A change from a reference of 0 is unbounded in percent; a value
 that is NaN or infinite breaks every bound."""
+
 from __future__ import annotations
 
 import math
@@ -24,9 +25,14 @@ def bounds_of(rule) -> dict[str, float]:
 
 
 def describe(bounds: dict[str, float], against: str = "ref") -> str:
-    text = {"max": "<= {:g}", "min": ">= {:g}", "max_increase": "+{:g} vs " + against,
-            "max_decrease": "-{:g} vs " + against, "max_increase_pct": "+{:g}% vs " + against,
-            "max_decrease_pct": "-{:g}% vs " + against}
+    text = {
+        "max": "<= {:g}",
+        "min": ">= {:g}",
+        "max_increase": "+{:g} vs " + against,
+        "max_decrease": "-{:g} vs " + against,
+        "max_increase_pct": "+{:g}% vs " + against,
+        "max_decrease_pct": "-{:g}% vs " + against,
+    }
     return ", ".join(text[k].format(v) for k, v in bounds.items())
 
 
@@ -49,8 +55,9 @@ def finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def check(bounds: dict[str, float], value: float | None, reference: float | None = None,
-          against: str = "ref") -> Verdict:
+def check(
+    bounds: dict[str, float], value: float | None, reference: float | None = None, against: str = "ref"
+) -> Verdict:
     """Every bound must hold. A missing or non-finite value fails; a relative bound without a finite reference
     fails (naming why)."""
     described = describe(bounds, against)
@@ -66,8 +73,11 @@ def check(bounds: dict[str, float], value: float | None, reference: float | None
             failed += [] if ok else [parts[-1]]
             continue
         if reference is None or not finite(reference):
-            return Verdict(False, described, f"{against} value {'missing' if reference is None else reference}: "
-                                             "a change cannot be computed")
+            return Verdict(
+                False,
+                described,
+                f"{against} value {'missing' if reference is None else reference}: a change cannot be computed",
+            )
         change = value - reference
         sign = 1 if name.startswith("max_increase") else -1
         amount = sign * (percent(reference, change) if name.endswith("_pct") else change)

@@ -3,13 +3,16 @@
 
     python -m stages.tiny {llm,stable-diffusion,clip,llava} OUT_DIR
 """
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TRAINING_TEXT = (
     "The quick brown fox jumps over the lazy dog. A compiler turns source code into machine code. "
@@ -27,11 +30,21 @@ def tiny_tokenizer(vocab_size: int = 384):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([TRAINING_TEXT], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   unk_token="<|endoftext|>", pad_token="<|im_end|>", chat_template=CHAT_TEMPLATE)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def tiny_llm(out: Path, seed: int = 0, layers: int = 2, hidden: int = 64, vocab_size: int = 384) -> Path:
@@ -41,11 +54,19 @@ def tiny_llm(out: Path, seed: int = 0, layers: int = 2, hidden: int = 64, vocab_
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer(vocab_size)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = LlamaForCausalLM(config).eval()
     out = Path(out)
     model.save_pretrained(out, safe_serialization=True)
@@ -53,10 +74,12 @@ def tiny_llm(out: Path, seed: int = 0, layers: int = 2, hidden: int = 64, vocab_
     return out
 
 
-CAPTIONS = ("a photo of a cat sitting on a red sofa; an astronaut riding a horse on the moon; a bowl of fruit on "
-            "a wooden table; a mountain lake at sunset, oil painting; a cup of coffee; a rocket on the launch pad; "
-            "portrait of a woman in a uniform; what is in this image? describe the picture. how many people are "
-            "there? what color is the sky? 0123456789")
+CAPTIONS = (
+    "a photo of a cat sitting on a red sofa; an astronaut riding a horse on the moon; a bowl of fruit on "
+    "a wooden table; a mountain lake at sunset, oil painting; a cup of coffee; a rocket on the launch pad; "
+    "portrait of a woman in a uniform; what is in this image? describe the picture. how many people are "
+    "there? what color is the sky? 0123456789"
+)
 
 
 def bpe_merges(words: list[str], count: int, suffix: str = "</w>") -> list[tuple[str, str]]:
@@ -79,7 +102,7 @@ def bpe_merges(words: list[str], count: int, suffix: str = "</w>") -> list[tuple
         for word, seq in pieces.items():
             merged, i = [], 0
             while i < len(seq):
-                if tuple(seq[i:i + 2]) == best:
+                if tuple(seq[i : i + 2]) == best:
                     merged.append(seq[i] + seq[i + 1])
                     i += 2
                 else:
@@ -99,8 +122,13 @@ def tiny_clip_tokenizer(merges: int = 160):
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab: dict[str, int] = {}
     trained = bpe_merges(words, merges)
-    for token in ("<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet),
-                  *(a + b for a, b in trained)):
+    for token in (
+        "<|startoftext|>",
+        "<|endoftext|>",
+        *alphabet,
+        *(c + "</w>" for c in alphabet),
+        *(a + b for a, b in trained),
+    ):
         vocab.setdefault(token, len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=trained, model_max_length=77)
 
@@ -109,9 +137,18 @@ def _clip_text_config(vocab_size: int):
     from transformers import CLIPTextConfig
 
     # widths are multiples of 32 so int4 group sizes divide them
-    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-                          bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
 
 
 def tiny_stable_diffusion(out: Path, seed: int = 0) -> Path:
@@ -123,19 +160,42 @@ def tiny_stable_diffusion(out: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
-    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=8, norm_num_groups=32)
-    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        norm_num_groups=32, sample_size=64)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        norm_num_groups=32,
+        sample_size=64,
+    )
     text_encoder = CLIPTextModel(_clip_text_config(len(tokenizer))).eval()
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       num_train_timesteps=1000, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(out, safe_serialization=True)
     return Path(out)
 
@@ -147,20 +207,30 @@ def tiny_clip(out: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=32, patch_size=8, projection_dim=32)
-    config = CLIPConfig(text_config=_clip_text_config(len(tokenizer)).to_dict(), vision_config=vision.to_dict(),
-                        projection_dim=32)
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=32,
+    )
+    config = CLIPConfig(
+        text_config=_clip_text_config(len(tokenizer)).to_dict(), vision_config=vision.to_dict(), projection_dim=32
+    )
     CLIPModel(config).eval().save_pretrained(out, safe_serialization=True)
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out)
     return Path(out)
 
 
-LLAVA_TEMPLATE = ("{% for m in messages %}{{ m['role'].upper() }}: {% if m['content'] is string %}"
-                  "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
-                  "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}\n{% endfor %}"
-                  "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+LLAVA_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'].upper() }}: {% if m['content'] is string %}"
+    "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
 
 
 def tiny_llava(out: Path, seed: int = 0) -> Path:
@@ -180,20 +250,45 @@ def tiny_llava(out: Path, seed: int = 0) -> Path:
     tokenizer = tiny_tokenizer()
     tokenizer.add_tokens([AddedToken("<image>", special=True, normalized=False)])
     tokenizer.chat_template = LLAVA_TEMPLATE
-    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=32, patch_size=8, projection_dim=64)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id)
-    config = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=16,
-                         vision_feature_layer=-2, vision_feature_select_strategy="default")
+    vision = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=64,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=16,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
     LlavaForConditionalGeneration(config).eval().save_pretrained(out, safe_serialization=True)
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=LLAVA_TEMPLATE)
+    processor = LlavaProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_TEMPLATE,
+    )
     processor.save_pretrained(out)
     return Path(out)
 

@@ -9,6 +9,7 @@ through both the Hugging Face tokenizers and the exported OpenVINO tokenizer IRs
     python -m stages.core.tokenizers MAIN_DIR DRAFT_DIR      (pair compatibility)
     python -m stages.core.tokenizers ARTIFACT_DIR               (IR parity with the HF tokenizer)
 """
+
 from __future__ import annotations
 
 import json
@@ -54,18 +55,29 @@ PROBES = [
 PARITY_PROBES = PROBES + [
     "\n\n   1. first\n   2. second\n\n10) tenth",
     "  2 spaces, 3   spaces 4    x\t\t5\n      6 indented\n\t\t7 tabs",
-    " leading space", "trailing space ", "   ", "\n", "\n\n\n", "a\r\nb\rc", "x" * 300,
+    " leading space",
+    "trailing space ",
+    "   ",
+    "\n",
+    "\n\n\n",
+    "a\r\nb\rc",
+    "x" * 300,
     "class Parser:\n    def __init__(self, items: list[int] = [1, 2, 3]) -> None:\n        self.items = items\n\n"
     "    def total(self):\n        return sum(i ** 2 for i in self.items if i % 2 == 0)  # even squares\n",
-    "for (int i = 0; i < 10; ++i) {\n\tprintf(\"%d\\n\", i);\n}",
-    "<html><body class=\"x\">&amp; &lt;tag&gt;</body></html>", "http://example.com/a?b=1&c=2#frag",
+    'for (int i = 0; i < 10; ++i) {\n\tprintf("%d\\n", i);\n}',
+    '<html><body class="x">&amp; &lt;tag&gt;</body></html>',
+    "http://example.com/a?b=1&c=2#frag",
     "He said: \"it's 9:30\", didn't he? I'll've done it—maybe… 50% off! $3.99 (approx.) #1 @user",
-    "Zürich, Ελληνικά, עברית, العربية, हिन्दी, 한국어, 日本語のテキスト, 中文字符", "emoji 👩‍👩‍👧 🇫🇷 ✓ ∞ ≠ ½",
+    "Zürich, Ελληνικά, עברית, العربية, हिन्दी, 한국어, 日本語のテキスト, 中文字符",
+    "emoji 👩‍👩‍👧 🇫🇷 ✓ ∞ ≠ ½",
     "MiXeD CaSe wOrDs and ALLCAPS and snake_case_words and camelCaseWords",
     "1234567890 0.000001 -42 +3 1e10 0x1F 007 3,141,592 12:34:56",
 ]
-CONVERSATION = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4."},
-                {"role": "user", "content": "And 3 + 3?"}]
+CONVERSATION = [
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "4."},
+    {"role": "user", "content": "And 3 + 3?"},
+]
 SHOWN = 5  # differing items listed in a diff line
 
 
@@ -88,11 +100,15 @@ def vocab_problems(main, draft) -> list[str]:
     a, b = main.get_vocab(), draft.get_vocab()
     problems = []
     if only := set(a) ^ set(b):
-        problems.append(f"vocabulary: {len(set(a) - set(b))} token(s) only in main, {len(set(b) - set(a))} only "
-                        f"in draft, e.g. {_first(sorted(only))}")
+        problems.append(
+            f"vocabulary: {len(set(a) - set(b))} token(s) only in main, {len(set(b) - set(a))} only "
+            f"in draft, e.g. {_first(sorted(only))}"
+        )
     if moved := sorted(t for t in set(a) & set(b) if a[t] != b[t]):
-        problems.append(f"token ids: {len(moved)} shared token(s) have different ids, e.g. "
-                        + ", ".join(f"{t!r} {a[t]}->{b[t]}" for t in moved[:SHOWN]))
+        problems.append(
+            f"token ids: {len(moved)} shared token(s) have different ids, e.g. "
+            + ", ".join(f"{t!r} {a[t]}->{b[t]}" for t in moved[:SHOWN])
+        )
     return problems
 
 
@@ -106,8 +122,10 @@ def merge_problems(main, draft) -> list[str]:
     if a == b:
         return []
     differ = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
-    return [f"merges: {len(a)} vs {len(b)} rules, {len(differ)} differ in order, first at rank "
-            f"{differ[0] if differ else min(len(a), len(b))}"]
+    return [
+        f"merges: {len(a)} vs {len(b)} rules, {len(differ)} differ in order, first at rank "
+        f"{differ[0] if differ else min(len(a), len(b))}"
+    ]
 
 
 def special_problems(main, draft) -> list[str]:
@@ -162,8 +180,12 @@ class Parity:
         return 1 - len(self.mismatches) / self.probes
 
     def summary(self) -> dict:
-        return {"probes": self.probes, "matching": self.probes - len(self.mismatches), "share": self.share,
-                "mismatches": self.mismatches[:SHOWN]}
+        return {
+            "probes": self.probes,
+            "matching": self.probes - len(self.mismatches),
+            "share": self.share,
+            "mismatches": self.mismatches[:SHOWN],
+        }
 
 
 def _first_mismatch(a: list, b: list) -> int:
@@ -185,22 +207,37 @@ def parity(folder: Path, extra: list[str] = ()) -> Parity:
         b = [int(i) for i in ov_tok.encode(probe, add_special_tokens=False).input_ids.data[0]]
         if a != b:
             at = _first_mismatch(a, b)
-            result.mismatches.append({"probe": probe[:60], "what": "encode", "first_difference": at,
-                                      "hf": hf.convert_ids_to_tokens(a[at:at + 3]),
-                                      "ir": hf.convert_ids_to_tokens(b[at:at + 3])})
+            result.mismatches.append(
+                {
+                    "probe": probe[:60],
+                    "what": "encode",
+                    "first_difference": at,
+                    "hf": hf.convert_ids_to_tokens(a[at : at + 3]),
+                    "ir": hf.convert_ids_to_tokens(b[at : at + 3]),
+                }
+            )
             continue
         if (Path(folder) / "openvino_detokenizer.xml").is_file() and a:
             da, db = hf.decode(a, skip_special_tokens=True), ov_tok.decode(a, skip_special_tokens=True)
             if da != db:
                 at = _first_mismatch(list(da), list(db))
-                result.mismatches.append({"probe": probe[:60], "what": "decode", "first_difference": at,
-                                          "hf": da[at:at + 12], "ir": db[at:at + 12]})
+                result.mismatches.append(
+                    {
+                        "probe": probe[:60],
+                        "what": "decode",
+                        "first_difference": at,
+                        "hf": da[at : at + 12],
+                        "ir": db[at : at + 12],
+                    }
+                )
     return result
 
 
 def describe_mismatch(x: dict) -> str:
-    return (f"{x['what']} of {x['probe']!r} differs at {'token' if x['what'] == 'encode' else 'char'} "
-            f"{x['first_difference']}: HF {x['hf']} vs IR {x['ir']}")
+    return (
+        f"{x['what']} of {x['probe']!r} differs at {'token' if x['what'] == 'encode' else 'char'} "
+        f"{x['first_difference']}: HF {x['hf']} vs IR {x['ir']}"
+    )
 
 
 def check(main_dir: Path, draft_dir: Path, probes: list[str] = PROBES) -> Compatibility:
@@ -218,8 +255,9 @@ def check(main_dir: Path, draft_dir: Path, probes: list[str] = PROBES) -> Compat
     result.problems += encoding_problems("HF", hf_encoder(main), hf_encoder(draft), corpus)
     if (Path(main_dir) / "openvino_tokenizer.xml").is_file() and (Path(draft_dir) / "openvino_tokenizer.xml").is_file():
         result.checked.append("OpenVINO encodings")
-        result.problems += encoding_problems("OpenVINO", ov_encoder(Path(main_dir)), ov_encoder(Path(draft_dir)),
-                                             corpus)
+        result.problems += encoding_problems(
+            "OpenVINO", ov_encoder(Path(main_dir)), ov_encoder(Path(draft_dir)), corpus
+        )
     return result
 
 

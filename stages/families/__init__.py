@@ -1,5 +1,6 @@
 """One module per model family: how to export it, run it, run its source in PyTorch, and score it. A module
 registers its Family subclass with @register; adding a family adds a module (and its params), nothing else."""
+
 from __future__ import annotations
 
 import importlib
@@ -18,8 +19,9 @@ def register(cls: type[Family]) -> type[Family]:
     if not name or name in NOT_A_FAMILY:
         raise TypeError(f"{cls.__qualname__}: a family needs a `name` other than {sorted(NOT_A_FAMILY)}")
     if name in FAMILIES:
-        raise TypeError(f"family '{name}' registered twice ({type(FAMILIES[name]).__qualname__} and "
-                        f"{cls.__qualname__})")
+        raise TypeError(
+            f"family '{name}' registered twice ({type(FAMILIES[name]).__qualname__} and {cls.__qualname__})"
+        )
     FAMILIES[name] = cls()
     return cls
 

@@ -5,6 +5,7 @@ params, a pydantic model), the inputs its validation reads, how to run an artifa
 run the source checkpoint in PyTorch on the same inputs, how to compare two runs' outputs, which of its metrics
 count as accuracy evidence, and the gate rules that apply when params set none for it.
 """
+
 from __future__ import annotations
 
 import abc
@@ -131,8 +132,14 @@ class Family(abc.ABC):
         return list(self.accuracy_metrics)
 
     # ---------------------------------------------------------------- export
-    def export(self, checkpoint: Path, variant: Variant, out: Path, calibration: list[str] | None = None,
-               trust_remote_code: bool = False) -> None:
+    def export(
+        self,
+        checkpoint: Path,
+        variant: Variant,
+        out: Path,
+        calibration: list[str] | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
         """Mirror `optimum-cli export openvino`: export (fp16 or fp32), then weight compression with NNCF,
         always with the explicit recipe (the CLI silently swaps in per-model defaults when none is given)."""
         from optimum.exporters.openvino.__main__ import _main_quantize, main_export
@@ -144,11 +151,26 @@ class Family(abc.ABC):
         if qconfig is not None and calibration:
             qconfig = {**qconfig, **self.calibration_config(checkpoint, calibration)}
         ov_config = OVConfig(dtype="fp16") if qconfig is None else OVConfig(quantization_config=qconfig)
-        main_export(str(checkpoint), output=out, task=self.task, ov_config=ov_config, stateful=True,
-                    convert_tokenizer=True, library_name=self.library, trust_remote_code=trust_remote_code)
+        main_export(
+            str(checkpoint),
+            output=out,
+            task=self.task,
+            ov_config=ov_config,
+            stateful=True,
+            convert_tokenizer=True,
+            library_name=self.library,
+            trust_remote_code=trust_remote_code,
+        )
         if qconfig is not None:
-            _main_quantize(str(checkpoint), task=self.task, library_name=self.library, quantization_config=qconfig,
-                           output=out, cache_dir=None, trust_remote_code=trust_remote_code)
+            _main_quantize(
+                str(checkpoint),
+                task=self.task,
+                library_name=self.library,
+                quantization_config=qconfig,
+                output=out,
+                cache_dir=None,
+                trust_remote_code=trust_remote_code,
+            )
 
     def calibration_config(self, checkpoint: Path, samples: list[str]) -> dict:
         """The quantization-config keys that pass calibration text to optimum-intel."""

@@ -1,6 +1,7 @@
 """Causal LMs: perplexity from the stateful IR (the log-probability of each target token computed inside the
 OpenVINO graph), greedy generations through openvino_genai.LLMPipeline; the source checkpoint in transformers fp32
 on the same token windows and prompts."""
+
 from __future__ import annotations
 
 import functools
@@ -42,7 +43,7 @@ def eval_windows(folder: Path, text: str, context_length: int, max_tokens: int) 
     """Non-overlapping windows of the text's tokens, by the HF tokenizer in `folder` (the source's tokenizer: the
     artifact and the PyTorch reference score the same windows)."""
     ids = np.asarray(hf_tokenizer(folder)(text, add_special_tokens=False)["input_ids"][:max_tokens], dtype=np.int64)
-    windows = [ids[i:i + context_length] for i in range(0, len(ids), context_length)]
+    windows = [ids[i : i + context_length] for i in range(0, len(ids), context_length)]
     windows = [w for w in windows if len(w) > 1]
     if not windows:
         raise BuildError("eval text is shorter than two tokens")
@@ -53,8 +54,7 @@ def ir_token_ids(artifact: Path, text: str) -> list[int]:
     """The text through the artifact's OpenVINO tokenizer IR (what deployments run)."""
     import openvino_genai as ov_genai
 
-    return [int(i) for i in ov_genai.Tokenizer(str(artifact)).encode(text, add_special_tokens=False)
-            .input_ids.data[0]]
+    return [int(i) for i in ov_genai.Tokenizer(str(artifact)).encode(text, add_special_tokens=False).input_ids.data[0]]
 
 
 # ---------------------------------------------------------------- scoring in the graph
@@ -91,7 +91,9 @@ def static_scoring_model(model_xml: Path, seq_len: int):
         name = p.get_output_tensor(0).get_any_name()
         if name.startswith("past_key_values"):  # an empty past: [1, kv_heads, 0, head_dim]
             ps = p.get_partial_shape()
-            shape = [1 if i == 0 else (0 if ps[i].is_dynamic else ps[i].get_length()) for i in range(ps.rank.get_length())]
+            shape = [
+                1 if i == 0 else (0 if ps[i].is_dynamic else ps[i].get_length()) for i in range(ps.rank.get_length())
+            ]
             p.output(0).replace(ops.constant(np.zeros(shape, p.get_element_type().to_dtype())).output(0))
             model.remove_parameter(p)
         elif name == "beam_idx":
@@ -110,16 +112,21 @@ def score_windows_static(artifact: Path, windows: list[np.ndarray], device: str,
     import openvino as ov
 
     seq_len = max(len(w) for w in windows)
-    compiled = ov.Core().compile_model(static_scoring_model(artifact / "openvino_model.xml", seq_len), device,
-                                       ctx.compile_config())
+    compiled = ov.Core().compile_model(
+        static_scoring_model(artifact / "openvino_model.xml", seq_len), device, ctx.compile_config()
+    )
     request = compiled.create_infer_request()
     nlls = []
     for w in tqdm(windows, desc=f"perplexity {artifact.name} on {device} (static)", unit="window"):
         k = len(w)
-        feed = {"input_ids": np.zeros((1, seq_len), np.int64), "attention_mask": np.zeros((1, seq_len), np.int64),
-                "position_ids": np.arange(seq_len, dtype=np.int64)[None], "labels": np.zeros((1, seq_len), np.int64)}
-        feed["input_ids"][0, :k], feed["attention_mask"][0, :k], feed["labels"][0, :k - 1] = w, 1, w[1:]
-        logp = request.infer(feed)[compiled.outputs[0]][0, :k - 1]
+        feed = {
+            "input_ids": np.zeros((1, seq_len), np.int64),
+            "attention_mask": np.zeros((1, seq_len), np.int64),
+            "position_ids": np.arange(seq_len, dtype=np.int64)[None],
+            "labels": np.zeros((1, seq_len), np.int64),
+        }
+        feed["input_ids"][0, :k], feed["attention_mask"][0, :k], feed["labels"][0, : k - 1] = w, 1, w[1:]
+        logp = request.infer(feed)[compiled.outputs[0]][0, : k - 1]
         nlls.append(float(-np.asarray(logp, dtype=np.float64).sum()))
     return nlls
 
@@ -127,7 +134,7 @@ def score_windows_static(artifact: Path, windows: list[np.ndarray], device: str,
 def prompt_limit_probe(pipe, tokenizer, max_prompt_len: int) -> dict[str, float]:
     """The NPU pipeline compiles for MAX_PROMPT_LEN tokens: a longer prompt must raise a clear error (measured on
     genai 2026.4: it does, naming MAX_PROMPT_LEN), never be truncated silently or give garbage."""
-    ids = tokenizer("word " * (max_prompt_len + 8), add_special_tokens=False)["input_ids"][:max_prompt_len + 1]
+    ids = tokenizer("word " * (max_prompt_len + 8), add_special_tokens=False)["input_ids"][: max_prompt_len + 1]
     import openvino as ov
 
     try:
@@ -143,14 +150,20 @@ def check_npu_budget(artifact: Path, prompts: list[str], max_new_tokens: int, op
     if "MAX_PROMPT_LEN" not in options:
         return
     tok = hf_tokenizer(artifact)
-    longest = max(len(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True))
-                  if tok.chat_template else len(tok(p)["input_ids"]) for p in prompts)
+    longest = max(
+        len(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True))
+        if tok.chat_template
+        else len(tok(p)["input_ids"])
+        for p in prompts
+    )
     budget = options["MAX_PROMPT_LEN"] + options["MIN_RESPONSE_LEN"]
     if longest > options["MAX_PROMPT_LEN"] or longest + max_new_tokens > budget:
-        raise BuildError(f"{artifact}: a prompt of {longest} tokens + max_new_tokens {max_new_tokens} does not fit "
-                         f"the NPU pipeline's MAX_PROMPT_LEN {options['MAX_PROMPT_LEN']} / MIN_RESPONSE_LEN "
-                         f"{options['MIN_RESPONSE_LEN']} (raise variants.<variant>.npu.max_prompt_len / "
-                         "min_response_len)")
+        raise BuildError(
+            f"{artifact}: a prompt of {longest} tokens + max_new_tokens {max_new_tokens} does not fit "
+            f"the NPU pipeline's MAX_PROMPT_LEN {options['MAX_PROMPT_LEN']} / MIN_RESPONSE_LEN "
+            f"{options['MIN_RESPONSE_LEN']} (raise variants.<variant>.npu.max_prompt_len / "
+            "min_response_len)"
+        )
 
 
 def score_windows(artifact: Path, windows: list[np.ndarray], device: str, ctx: RunContext) -> list[float]:
@@ -165,9 +178,13 @@ def score_windows(artifact: Path, windows: list[np.ndarray], device: str, ctx: R
     for w in tqdm(windows, desc=f"perplexity {artifact.name} on {device}", unit="window"):
         request.reset_state()
         n = len(w)
-        inputs = {"input_ids": w[None, :], "attention_mask": np.ones((1, n), dtype=np.int64),
-                  "position_ids": np.arange(n, dtype=np.int64)[None, :], "beam_idx": np.zeros(1, dtype=np.int32),
-                  "labels": np.concatenate([w[1:], [0]])[None, :]}
+        inputs = {
+            "input_ids": w[None, :],
+            "attention_mask": np.ones((1, n), dtype=np.int64),
+            "position_ids": np.arange(n, dtype=np.int64)[None, :],
+            "beam_idx": np.zeros(1, dtype=np.int32),
+            "labels": np.concatenate([w[1:], [0]])[None, :],
+        }
         logp = request.infer({k: v for k, v in inputs.items() if k in names})[compiled.outputs[0]][0, :-1]
         nlls.append(float(-np.asarray(logp, dtype=np.float64).sum()))
     return nlls
@@ -175,8 +192,10 @@ def score_windows(artifact: Path, windows: list[np.ndarray], device: str, ctx: R
 
 def window_records(folder: Path, windows: list[np.ndarray], nlls: list[float]) -> list[dict]:
     tok = hf_tokenizer(folder)
-    return [{"index": i, "tokens": len(w) - 1, "nll": nll, "text": tok.decode(w[:24]).strip()[:100]}
-            for i, (w, nll) in enumerate(zip(windows, nlls))]
+    return [
+        {"index": i, "tokens": len(w) - 1, "nll": nll, "text": tok.decode(w[:24]).strip()[:100]}
+        for i, (w, nll) in enumerate(zip(windows, nlls))
+    ]
 
 
 def perplexity_metrics(windows: list[np.ndarray], nlls: list[float]) -> dict[str, float]:
@@ -184,8 +203,7 @@ def perplexity_metrics(windows: list[np.ndarray], nlls: list[float]) -> dict[str
     return {"perplexity": m.perplexity(sum(nlls), count), "eval_tokens": float(count)}
 
 
-def perplexity(artifact: Path, text: str, device: str, precision: str, context_length: int,
-               max_tokens: int) -> dict:
+def perplexity(artifact: Path, text: str, device: str, precision: str, context_length: int, max_tokens: int) -> dict:
     """Perplexity of any LLM IR on any text (the ad hoc CLI)."""
     windows = eval_windows(artifact, text, context_length, max_tokens)
     return perplexity_metrics(windows, score_windows(artifact, windows, device, RunContext(None, precision)))
@@ -198,8 +216,14 @@ def greedy(max_new_tokens: int, **extra):
     return ov_genai.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, **extra)
 
 
-def generate(artifact: Path, prompts: list[str], device: str, ctx: RunContext, max_new_tokens: int,
-             adapters: list[AdapterRun] = ()) -> tuple[dict[str, list[dict]], object]:
+def generate(
+    artifact: Path,
+    prompts: list[str],
+    device: str,
+    ctx: RunContext,
+    max_new_tokens: int,
+    adapters: list[AdapterRun] = (),
+) -> tuple[dict[str, list[dict]], object]:
     """Greedy replies (stopping at EOS), compared across runs: ({"none": [...], <adapter>: [...]}, the pipeline).
     Every adapter is registered when the pipeline is built and chosen per generate() call (never fused)."""
     import openvino_genai as ov_genai
@@ -211,8 +235,10 @@ def generate(artifact: Path, prompts: list[str], device: str, ctx: RunContext, m
         config = greedy(max_new_tokens)
         if adapter_config is not None:
             config.adapters = adapter_config
-        replies[label] = [{"prompt": p, "output": pipe.generate([p], config).texts[0]}
-                          for p in tqdm(prompts, desc=f"generate {artifact.name} ({label})", unit="prompt")]
+        replies[label] = [
+            {"prompt": p, "output": pipe.generate([p], config).texts[0]}
+            for p in tqdm(prompts, desc=f"generate {artifact.name} ({label})", unit="prompt")
+        ]
     return replies, pipe
 
 
@@ -222,8 +248,9 @@ def adapter_pipeline(artifact: Path, device: str, ctx: RunContext, adapters: lis
     returns prompt log-probabilities (echo=True, logprobs=1)."""
     import openvino_genai as ov_genai
 
-    return ov_genai.ContinuousBatchingPipeline(str(artifact), ov_genai.SchedulerConfig(), device,
-                                               {**register_adapters(adapters), **ctx.pipeline_config()})
+    return ov_genai.ContinuousBatchingPipeline(
+        str(artifact), ov_genai.SchedulerConfig(), device, {**register_adapters(adapters), **ctx.pipeline_config()}
+    )
 
 
 def pipeline_perplexity(pipe, windows: list[np.ndarray], adapter_config, label: str = "") -> float:
@@ -241,7 +268,7 @@ def pipeline_perplexity(pipe, windows: list[np.ndarray], adapter_config, label: 
         handle = pipe.add_request(0, ov.Tensor(window[None, :]), config)
         while pipe.has_non_finished_requests():
             pipe.step()
-        logprobs = np.asarray(handle.read_all()[0].generated_log_probs[1:len(window)], dtype=np.float64)
+        logprobs = np.asarray(handle.read_all()[0].generated_log_probs[1 : len(window)], dtype=np.float64)
         total, count = total - logprobs.sum(), count + len(window) - 1
     return m.perplexity(total, count)
 
@@ -255,17 +282,22 @@ def adapter_perplexities(artifact: Path, windows: list[np.ndarray], device: str,
     return {label: pipeline_perplexity(pipe, windows, config, label) for label, config in choices}
 
 
-def adapter_metrics(perplexities: dict[str, float], replies: dict[str, list[dict]],
-                    adapters: list[AdapterRun]) -> dict[str, float]:
+def adapter_metrics(
+    perplexities: dict[str, float], replies: dict[str, list[dict]], adapters: list[AdapterRun]
+) -> dict[str, float]:
     """Per adapter: perplexity, its change vs no adapter (must not be ~0: the adapter is applied), the share of
     replies it changes, and the distance to the PEFT reference's perplexity (adapter stage, fp32 PyTorch)."""
     base = perplexities["none"]
     metrics = {"perplexity@none": base}
     for a in adapters:
         ppl = perplexities[a.name]
-        metrics |= {f"perplexity@{a.name}": ppl, f"effect_pct@{a.name}": abs(ppl / base - 1) * 100,
-                    f"changed_replies@{a.name}": m.share(x["output"] != y["output"] for x, y in
-                                                         zip(replies["none"], replies[a.name]))}
+        metrics |= {
+            f"perplexity@{a.name}": ppl,
+            f"effect_pct@{a.name}": abs(ppl / base - 1) * 100,
+            f"changed_replies@{a.name}": m.share(
+                x["output"] != y["output"] for x, y in zip(replies["none"], replies[a.name])
+            ),
+        }
         if "perplexity" in a.reference:
             metrics[f"peft_delta_pct@{a.name}"] = abs(ppl / a.reference["perplexity"] - 1) * 100
     return metrics
@@ -299,34 +331,57 @@ def torch_replies(model, tokenizer, prompts: list[str], max_new_tokens: int) -> 
     replies = []
     for prompt in tqdm(prompts, desc="generate (PyTorch fp32)", unit="prompt"):
         if tokenizer.chat_template:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                 add_generation_prompt=True)
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
             ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
         else:
             ids = tokenizer(prompt, return_tensors="pt").input_ids
         with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        replies.append({"prompt": prompt, "output": tokenizer.decode(out[0, ids.shape[1]:],
-                                                                     skip_special_tokens=True)})
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            )
+        replies.append({"prompt": prompt, "output": tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)})
     return replies
 
 
 def compare_replies(ref: list[dict], cur: list[dict]) -> tuple[dict[str, float], list[dict]]:
     if not ref or [r["prompt"] for r in ref] != [c["prompt"] for c in cur]:
         return {}, []
-    sims = [{"prompt": r["prompt"], "reference": r["output"], "output": c["output"],
-             "similarity": m.text_similarity(r["output"], c["output"])} for r, c in zip(ref, cur)]
-    return ({"generation_similarity": m.mean(s["similarity"] for s in sims),
-             "generation_exact_match": m.share(s["reference"] == s["output"] for s in sims)},
-            [{"kind": "reply", **s} for s in worst([s for s in sims if s["similarity"] < 1], "similarity")])
+    sims = [
+        {
+            "prompt": r["prompt"],
+            "reference": r["output"],
+            "output": c["output"],
+            "similarity": m.text_similarity(r["output"], c["output"]),
+        }
+        for r, c in zip(ref, cur)
+    ]
+    return (
+        {
+            "generation_similarity": m.mean(s["similarity"] for s in sims),
+            "generation_exact_match": m.share(s["reference"] == s["output"] for s in sims),
+        },
+        [{"kind": "reply", **s} for s in worst([s for s in sims if s["similarity"] < 1], "similarity")],
+    )
 
 
 def compare_windows(ref: list[dict], cur: list[dict]) -> list[dict]:
     if not ref or [r["tokens"] for r in ref] != [c["tokens"] for c in cur]:
         return []
-    moved = [{"kind": "window", "index": c["index"], "text": c["text"],
-              "nll_per_token_change": (c["nll"] - r["nll"]) / c["tokens"]} for r, c in zip(ref, cur)]
+    moved = [
+        {
+            "kind": "window",
+            "index": c["index"],
+            "text": c["text"],
+            "nll_per_token_change": (c["nll"] - r["nll"]) / c["tokens"],
+        }
+        for r, c in zip(ref, cur)
+    ]
     return worst([x for x in moved if x["nll_per_token_change"] > 1e-3], "nll_per_token_change", reverse=True)
 
 
@@ -394,9 +449,12 @@ model = OVModelForCausalLM.from_pretrained("{path}")"""
         # the NPU compiles static shapes only: its own scoring graph, through the NPU plugin (NPUW when emulated)
         nlls = (score_windows_static if npu else score_windows)(artifact, windows, device, ctx)
         hf_ids = [int(t) for w in windows for t in w]
-        ir_ids = ir_token_ids(artifact, text)[:len(hf_ids)]
-        metrics = {**perplexity_metrics(windows, nlls), "eval_tokenizer_match": float(ir_ids == hf_ids),
-                   **tokenizer_parity_metric(artifact)}
+        ir_ids = ir_token_ids(artifact, text)[: len(hf_ids)]
+        metrics = {
+            **perplexity_metrics(windows, nlls),
+            "eval_tokenizer_match": float(ir_ids == hf_ids),
+            **tokenizer_parity_metric(artifact),
+        }
         adapters = [] if npu else ctx.adapters  # genai's NPU pipeline takes no LoRA adapters here
         replies, pipe = generate(artifact, s.prompts, device, ctx, s.max_new_tokens, adapters)
         if npu:
@@ -405,12 +463,19 @@ model = OVModelForCausalLM.from_pretrained("{path}")"""
         if adapters:
             metrics |= adapter_metrics(adapter_perplexities(artifact, windows, device, ctx), replies, ctx.adapters)
             outputs["adapter_generations"] = {a.name: replies[a.name] for a in ctx.adapters}
-        return Validation(metrics=metrics, outputs=outputs,
-                          info={"eval_set": s.eval_set, "context_length": s.context_length,
-                                "windows": len(windows), "tokenized_by": "the artifact's HF tokenizer (= source)",
-                                "scoring": "static [1, context_length] graph" if npu else "stateful graph",
-                                "device_options": {k: v for k, v in ctx.device_config.items()},
-                                "adapters": {a.name: {"alpha": a.alpha} for a in ctx.adapters}})
+        return Validation(
+            metrics=metrics,
+            outputs=outputs,
+            info={
+                "eval_set": s.eval_set,
+                "context_length": s.context_length,
+                "windows": len(windows),
+                "tokenized_by": "the artifact's HF tokenizer (= source)",
+                "scoring": "static [1, context_length] graph" if npu else "stateful graph",
+                "device_options": {k: v for k, v in ctx.device_config.items()},
+                "adapters": {a.name: {"alpha": a.alpha} for a in ctx.adapters},
+            },
+        )
 
     def reference(self, checkpoint: Path, ctx: RunContext) -> Validation:
         s: LLMSettings = ctx.settings
@@ -418,10 +483,16 @@ model = OVModelForCausalLM.from_pretrained("{path}")"""
         model = torch_model(checkpoint)
         nlls = torch_window_nlls(model, windows)
         replies = torch_replies(model, hf_tokenizer(checkpoint), s.prompts, s.max_new_tokens)
-        return Validation(metrics=perplexity_metrics(windows, nlls),
-                          outputs={"generations": replies, "windows": window_records(checkpoint, windows, nlls)},
-                          info={"eval_set": s.eval_set, "context_length": s.context_length, "windows": len(windows),
-                                "how": "transformers AutoModelForCausalLM, fp32 PyTorch on CPU, greedy"})
+        return Validation(
+            metrics=perplexity_metrics(windows, nlls),
+            outputs={"generations": replies, "windows": window_records(checkpoint, windows, nlls)},
+            info={
+                "eval_set": s.eval_set,
+                "context_length": s.context_length,
+                "windows": len(windows),
+                "how": "transformers AutoModelForCausalLM, fp32 PyTorch on CPU, greedy",
+            },
+        )
 
     def compare(self, reference: Path, current: Path, ctx: RunContext) -> Comparison:
         ref, cur = self.outputs(reference), self.outputs(current)
@@ -458,27 +529,35 @@ def generate_all(pipe, prompts: list[str], config, label: str) -> tuple[list[str
     pipe.generate([prompts[0]], config)
     results = [pipe.generate([prompt], config) for prompt in tqdm(prompts, desc=label, unit="prompt")]
     perf = functools.reduce(operator.add, (r.perf_metrics for r in results))
-    return [r.texts[0] for r in results], perf, [r.extended_perf_metrics for r in results
-                                                 if r.extended_perf_metrics is not None]
+    return (
+        [r.texts[0] for r in results],
+        perf,
+        [r.extended_perf_metrics for r in results if r.extended_perf_metrics is not None],
+    )
 
 
 def timing(perf) -> dict:
-    return {"tpot_ms": float(perf.get_tpot().mean), "throughput_tok_s": float(perf.get_throughput().mean),
-            "generated_tokens": int(perf.get_num_generated_tokens())}
+    return {
+        "tpot_ms": float(perf.get_tpot().mean),
+        "throughput_tok_s": float(perf.get_throughput().mean),
+        "generated_tokens": int(perf.get_num_generated_tokens()),
+    }
 
 
 def first_difference(a: str, b: str) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def speculative_settings(num_assistant_tokens: list[int], thresholds: list[float],
-                         max_ngram_size: list[int] | None = None) -> list[dict]:
+def speculative_settings(
+    num_assistant_tokens: list[int], thresholds: list[float], max_ngram_size: list[int] | None = None
+) -> list[dict]:
     """The sweep: prompt lookup over (max_ngram_size x num_assistant_tokens), a draft over num_assistant_tokens
     then confidence thresholds."""
     if max_ngram_size:
         return [{"max_ngram_size": n, "num_assistant_tokens": k} for n in max_ngram_size for k in num_assistant_tokens]
-    return [{"num_assistant_tokens": k} for k in num_assistant_tokens] + \
-        [{"assistant_confidence_threshold": t} for t in thresholds]
+    return [{"num_assistant_tokens": k} for k in num_assistant_tokens] + [
+        {"assistant_confidence_threshold": t} for t in thresholds
+    ]
 
 
 def speculative_pipeline(main: Path, draft: Path | None, main_device: str, draft_device: str, config: dict):
@@ -487,12 +566,21 @@ def speculative_pipeline(main: Path, draft: Path | None, main_device: str, draft
 
     if draft is None:
         return ov_genai.LLMPipeline(str(main), main_device, prompt_lookup=True, **config)
-    return ov_genai.LLMPipeline(str(main), main_device, **config,
-                                draft_model=ov_genai.draft_model(str(draft), draft_device, **config))
+    return ov_genai.LLMPipeline(
+        str(main), main_device, **config, draft_model=ov_genai.draft_model(str(draft), draft_device, **config)
+    )
 
 
-def speculative_sweep(main: Path, draft: Path | None, main_device: str, draft_device: str, config: dict,
-                      prompts: list[str], max_new_tokens: int, settings: list[dict]) -> dict:
+def speculative_sweep(
+    main: Path,
+    draft: Path | None,
+    main_device: str,
+    draft_device: str,
+    config: dict,
+    prompts: list[str],
+    max_new_tokens: int,
+    settings: list[dict],
+) -> dict:
     """Main alone vs main + draft (or prompt lookup) for each setting of the sweep: greedy outputs must be
     identical; acceptance = accepted / proposed draft tokens; TPOT and throughput ratios."""
     import openvino_genai as ov_genai
@@ -509,15 +597,22 @@ def speculative_sweep(main: Path, draft: Path | None, main_device: str, draft_de
         accepted = sum(x.get_num_accepted_tokens() for x in sd)
         proposed = sum(x.get_num_draft_tokens() for x in sd)
         t = timing(perf)
-        sweep.append({
-            **setting, **t,
-            "output_match": m.share(a == b for a, b in zip(reference, texts)),
-            "mismatches": [{"prompt": p, "main_alone": a, "speculative": b, "first_difference_at": first_difference(a, b)}
-                           for p, a, b in zip(prompts, reference, texts) if a != b],
-            "accepted_tokens": int(accepted), "proposed_tokens": int(proposed),
-            "acceptance_rate": accepted / proposed if proposed else None,
-            "draft_share": accepted / t["generated_tokens"] if t["generated_tokens"] else None,
-            "tpot_speedup": baseline["tpot_ms"] / t["tpot_ms"],
-            "throughput_ratio": t["throughput_tok_s"] / baseline["throughput_tok_s"],
-        })
+        sweep.append(
+            {
+                **setting,
+                **t,
+                "output_match": m.share(a == b for a, b in zip(reference, texts)),
+                "mismatches": [
+                    {"prompt": p, "main_alone": a, "speculative": b, "first_difference_at": first_difference(a, b)}
+                    for p, a, b in zip(prompts, reference, texts)
+                    if a != b
+                ],
+                "accepted_tokens": int(accepted),
+                "proposed_tokens": int(proposed),
+                "acceptance_rate": accepted / proposed if proposed else None,
+                "draft_share": accepted / t["generated_tokens"] if t["generated_tokens"] else None,
+                "tpot_speedup": baseline["tpot_ms"] / t["tpot_ms"],
+                "throughput_ratio": t["throughput_tok_s"] / baseline["throughput_tok_s"],
+            }
+        )
     return {"baseline": baseline, "sweep": sweep, "reference_outputs": reference}

@@ -1,6 +1,7 @@
 """Text-to-image (Stable Diffusion 1.x/2.x, SDXL, LCM): openvino_genai.Text2ImagePipeline with fixed seeds over a
 prompt file, CLIP score with transformers' CLIPModel; the source pipeline in diffusers fp32 with the same seeds;
 SSIM / PSNR of each image against the compared run's image for the same prompt and seed."""
+
 from __future__ import annotations
 
 import io
@@ -86,8 +87,9 @@ def image_pipeline(artifact: Path, device: str, ctx: RunContext, adapters=()):
     import openvino_genai as ov_genai
 
     if device_kind(device) != "NPU":
-        return ov_genai.Text2ImagePipeline(str(artifact), device, **ctx.pipeline_config(),
-                                           **register_adapters(adapters))
+        return ov_genai.Text2ImagePipeline(
+            str(artifact), device, **ctx.pipeline_config(), **register_adapters(adapters)
+        )
     s: Text2ImageSettings = ctx.settings
     pipe = ov_genai.Text2ImagePipeline(str(artifact))
     guidance = s.guidance_scale if s.guidance_scale is not None else pipe.get_generation_config().guidance_scale
@@ -103,8 +105,14 @@ def generate_image(pipe, prompt: str, seed: int, s: Text2ImageSettings, adapter_
     kwargs = {"guidance_scale": s.guidance_scale} if s.guidance_scale is not None else {}
     if adapter_config is not None:
         kwargs["adapters"] = adapter_config
-    tensor = pipe.generate(prompt, width=s.width, height=s.height, num_inference_steps=s.num_inference_steps,
-                           generator=ov_genai.TorchGenerator(seed), **kwargs)
+    tensor = pipe.generate(
+        prompt,
+        width=s.width,
+        height=s.height,
+        num_inference_steps=s.num_inference_steps,
+        generator=ov_genai.TorchGenerator(seed),
+        **kwargs,
+    )
     return Image.fromarray(np.array(tensor.data[0]))  # a copy: the tensor views a buffer the next call reuses
 
 
@@ -115,8 +123,14 @@ def diffusers_image(pipe, prompt: str, seed: int, s: Text2ImageSettings):
 
     kwargs = {"guidance_scale": s.guidance_scale} if s.guidance_scale is not None else {}
     with torch.no_grad():
-        return pipe(prompt, width=s.width, height=s.height, num_inference_steps=s.num_inference_steps,
-                    generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images[0]
+        return pipe(
+            prompt,
+            width=s.width,
+            height=s.height,
+            num_inference_steps=s.num_inference_steps,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            **kwargs,
+        ).images[0]
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -163,8 +177,10 @@ pipe = OVDiffusionPipeline.from_pretrained("{path}")"""
         return names
 
     def plan_inputs(self, settings: Text2ImageSettings, params, model: str) -> dict[str, Path]:
-        return {"prompts": Path(settings.prompts), f"scorer:{settings.clip_model}":
-                source_manifest_path(settings.clip_model)}
+        return {
+            "prompts": Path(settings.prompts),
+            f"scorer:{settings.clip_model}": source_manifest_path(settings.clip_model),
+        }
 
     def report_metrics(self, settings) -> list[str]:
         return ["clip_score", "ssim", "psnr"]
@@ -200,18 +216,32 @@ pipe = OVDiffusionPipeline.from_pretrained("{path}")"""
             metrics |= {f"{k}@{a.name}": v for k, v in scorer.score(adapted, texts).items()}
             metrics[f"changed_images@{a.name}"] = changed
         sheet = contact_sheet(images, [f"s{seed} {p}" for _, p, seed in jobs])
-        return Validation(metrics=metrics, outputs={"images": records}, files=files, plot_image=png_bytes(sheet),
-                          info={"prompts": len(prompts), "seeds": s.seeds, "size": f"{s.width}x{s.height}",
-                                "steps": s.num_inference_steps, "clip_model": s.clip_model,
-                                "adapters": [a.name for a in adapters]})
+        return Validation(
+            metrics=metrics,
+            outputs={"images": records},
+            files=files,
+            plot_image=png_bytes(sheet),
+            info={
+                "prompts": len(prompts),
+                "seeds": s.seeds,
+                "size": f"{s.width}x{s.height}",
+                "steps": s.num_inference_steps,
+                "clip_model": s.clip_model,
+                "adapters": [a.name for a in adapters],
+            },
+        )
 
     def validate(self, artifact: Path, device: str, ctx: RunContext) -> Validation:
         import openvino_genai as ov_genai
 
         pipe = image_pipeline(artifact, device, ctx, ctx.adapters)
         none = ov_genai.AdapterConfig() if ctx.adapters else None
-        return self._render(lambda p, seed, adapter: generate_image(pipe, p, seed, ctx.settings, adapter or none),
-                            ctx, artifact.name, ctx.adapters)
+        return self._render(
+            lambda p, seed, adapter: generate_image(pipe, p, seed, ctx.settings, adapter or none),
+            ctx,
+            artifact.name,
+            ctx.adapters,
+        )
 
     def reference(self, checkpoint: Path, ctx: RunContext) -> Validation:
         import torch
@@ -227,11 +257,19 @@ pipe = OVDiffusionPipeline.from_pretrained("{path}")"""
         ref, cur = self.outputs(reference).get("images", []), self.outputs(current).get("images", [])
         if not ref or [(r["prompt"], r["seed"]) for r in ref] != [(c["prompt"], c["seed"]) for c in cur]:
             return Comparison({})
-        sims = [{"kind": "image", "prompt": c["prompt"], "seed": c["seed"], "file": c["file"],
-                 **m.image_similarity(load_image(reference / r["file"]), load_image(current / c["file"]))}
-                for r, c in zip(ref, cur)]
-        return Comparison({"ssim": m.mean(x["ssim"] for x in sims), "psnr": m.mean(x["psnr"] for x in sims)},
-                          worst(sims, "ssim"))
+        sims = [
+            {
+                "kind": "image",
+                "prompt": c["prompt"],
+                "seed": c["seed"],
+                "file": c["file"],
+                **m.image_similarity(load_image(reference / r["file"]), load_image(current / c["file"])),
+            }
+            for r, c in zip(ref, cur)
+        ]
+        return Comparison(
+            {"ssim": m.mean(x["ssim"] for x in sims), "psnr": m.mean(x["psnr"] for x in sims)}, worst(sims, "ssim")
+        )
 
     def performance(self, artifact: Path, device: str, ctx: RunContext) -> dict[str, float]:
         """Load + compile time, then seconds per image over the first prompt's seeds after one warm-up."""
@@ -245,4 +283,3 @@ pipe = OVDiffusionPipeline.from_pretrained("{path}")"""
         for seed in s.seeds:
             generate_image(pipe, prompt, seed, s)
         return {"load_s": load_s, "image_s": (time.perf_counter() - start) / len(s.seeds)}
-

@@ -2,6 +2,7 @@
 eval text and a fragment of each (its query); the source checkpoint embeds the same texts through
 sentence-transformers (fp32 PyTorch). Scored on its own by retrieval (does each fragment find its passage among
 all?), and against the source by cosine per text."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,11 @@ from stages.core.textdata import eval_text
 from stages.families import register
 from stages.families.base import Comparison, Family, RunContext, Validation, worst
 
-POOLING_MODES = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
-                 "last_token": "pooling_mode_lasttoken"}  # sentence-transformers' 1_Pooling/config.json keys
+POOLING_MODES = {
+    "mean": "pooling_mode_mean_tokens",
+    "cls": "pooling_mode_cls_token",
+    "last_token": "pooling_mode_lasttoken",
+}  # sentence-transformers' 1_Pooling/config.json keys
 
 
 class TextEmbeddingSettings(Strict):
@@ -41,8 +45,10 @@ def query_passage_pairs(text: str, count: int, words_per_pair: int) -> list[tupl
     quarter is its query. Any running text gives pairs whose answer is known (a fragment finds its passage)."""
     words = text.split()
     quarter = words_per_pair // 4
-    return [(" ".join(words[i + quarter:i + 2 * quarter]), " ".join(words[i:i + words_per_pair]))
-            for i in range(0, len(words) - words_per_pair + 1, words_per_pair)][:count]
+    return [
+        (" ".join(words[i + quarter : i + 2 * quarter]), " ".join(words[i : i + words_per_pair]))
+        for i in range(0, len(words) - words_per_pair + 1, words_per_pair)
+    ][:count]
 
 
 def checkpoint_pooling(checkpoint: Path) -> str | None:
@@ -103,17 +109,28 @@ model = OVModelForFeatureExtraction.from_pretrained("{path}")"""
     def _embed_all(self, embed, s: TextEmbeddingSettings) -> Validation:
         pairs = query_passage_pairs(eval_text(s.eval_set), s.pairs, s.words_per_pair)
         if len(pairs) < 2:
-            raise BuildError(f"validate.text-embedding.eval_set: '{s.eval_set}' gives {len(pairs)} window(s) of "
-                             f"{s.words_per_pair} words; at least 2 are needed")
+            raise BuildError(
+                f"validate.text-embedding.eval_set: '{s.eval_set}' gives {len(pairs)} window(s) of "
+                f"{s.words_per_pair} words; at least 2 are needed"
+            )
         queries = np.asarray(embed([q for q, _ in pairs]))
         passages = np.asarray(embed([p for _, p in pairs]))
-        texts = [{"kind": kind, "text": text, "embedding": [round(float(x), 6) for x in vector]}
-                 for kind, column, vectors in (("query", 0, queries), ("passage", 1, passages))
-                 for text, vector in zip([p[column] for p in pairs], vectors)]
-        return Validation(metrics={"retrieval_top1": m.retrieval_top1(queries, passages), "pairs": float(len(pairs))},
-                          outputs={"texts": texts},
-                          info={"eval_set": s.eval_set, "pairs": len(pairs), "pooling": s.pooling,
-                                "normalize": s.normalize, "dimensions": int(queries.shape[-1])})
+        texts = [
+            {"kind": kind, "text": text, "embedding": [round(float(x), 6) for x in vector]}
+            for kind, column, vectors in (("query", 0, queries), ("passage", 1, passages))
+            for text, vector in zip([p[column] for p in pairs], vectors)
+        ]
+        return Validation(
+            metrics={"retrieval_top1": m.retrieval_top1(queries, passages), "pairs": float(len(pairs))},
+            outputs={"texts": texts},
+            info={
+                "eval_set": s.eval_set,
+                "pairs": len(pairs),
+                "pooling": s.pooling,
+                "normalize": s.normalize,
+                "dimensions": int(queries.shape[-1]),
+            },
+        )
 
     def validate(self, artifact: Path, device: str, ctx: RunContext) -> Validation:
         pipe = genai_pipeline(artifact, device, ctx)
@@ -125,8 +142,10 @@ model = OVModelForFeatureExtraction.from_pretrained("{path}")"""
         s: TextEmbeddingSettings = ctx.settings
         declared = checkpoint_pooling(checkpoint)
         if declared not in (None, s.pooling):
-            raise BuildError(f"validate.text-embedding.pooling: '{s.pooling}', but {ctx.model} declares "
-                             f"'{declared}' pooling (1_Pooling/config.json)")
+            raise BuildError(
+                f"validate.text-embedding.pooling: '{s.pooling}', but {ctx.model} declares "
+                f"'{declared}' pooling (1_Pooling/config.json)"
+            )
         model = SentenceTransformer(str(checkpoint), device="cpu")
         model.max_seq_length = s.max_length
         run = self._embed_all(lambda texts: model.encode(texts, normalize_embeddings=s.normalize), s)
@@ -139,8 +158,9 @@ model = OVModelForFeatureExtraction.from_pretrained("{path}")"""
             return Comparison({})
         sims = m.cosines([r["embedding"] for r in ref], [c["embedding"] for c in cur])
         rows = [{"kind": r["kind"], "text": r["text"][:120], "cosine": float(c)} for r, c in zip(ref, sims)]
-        return Comparison({"embedding_cosine": m.mean(sims), "embedding_cosine_min": float(np.min(sims))},
-                          worst(rows, "cosine"))
+        return Comparison(
+            {"embedding_cosine": m.mean(sims), "embedding_cosine_min": float(np.min(sims))}, worst(rows, "cosine")
+        )
 
     def performance(self, artifact: Path, device: str, ctx: RunContext) -> dict[str, float]:
         """Load + compile time, then milliseconds per text embedding every passage once, after a warm-up."""

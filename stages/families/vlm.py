@@ -1,6 +1,7 @@
 """Vision-language models (LLaVA, MiniCPM-V, ...): openvino_genai.VLMPipeline answers a question file about sample
 images; the source checkpoint answers the same questions in transformers fp32. Answers are embedded with a
 sentence-embedding scorer (cosine similarity) and compared by exact match."""
+
 from __future__ import annotations
 
 import json
@@ -101,7 +102,7 @@ class TorchVLM:
         inputs = self.processor(images=Image.fromarray(image), text=prompt, return_tensors="pt")
         with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        return self.processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        return self.processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 @register
@@ -136,8 +137,10 @@ model = OVModelForVisualCausalLM.from_pretrained("{path}")"""
         return ["answers_nonempty", "questions"]
 
     def plan_inputs(self, settings: VLMSettings, params, model: str) -> dict[str, Path]:
-        files = {"questions": Path(settings.questions),
-                 f"scorer:{settings.embedding_model}": source_manifest_path(settings.embedding_model)}
+        files = {
+            "questions": Path(settings.questions),
+            f"scorer:{settings.embedding_model}": source_manifest_path(settings.embedding_model),
+        }
         return files | {f"image:{spec}": Path(spec) for spec in settings.images if ":" not in spec}
 
     def report_metrics(self, settings) -> list[str]:
@@ -147,8 +150,9 @@ model = OVModelForVisualCausalLM.from_pretrained("{path}")"""
         """VLMPipeline drives NPUW itself on the NPU (the language model; vision and embeddings stay on CPU)."""
         return {k: emulation[k] for k in ("NPUW_DEVICES", "DYNAMIC_QUANTIZATION_GROUP_SIZE") if k in emulation}
 
-    def export(self, checkpoint: Path, variant: Variant, out: Path, calibration=None,
-               trust_remote_code: bool = False) -> None:
+    def export(
+        self, checkpoint: Path, variant: Variant, out: Path, calibration=None, trust_remote_code: bool = False
+    ) -> None:
         super().export(checkpoint, variant, out, calibration, trust_remote_code)
         write_preprocessor_config(out)
 
@@ -164,17 +168,19 @@ model = OVModelForVisualCausalLM.from_pretrained("{path}")"""
         s: VLMSettings = ctx.settings
         jobs = self.jobs(s)
         images = {spec: load_image(spec) for spec in s.images}
-        answers = [{"image": spec, "question": q, "answer": answer(images[spec], q).strip()}
-                   for spec, q in tqdm(jobs, desc=f"vlm ({label})", unit="question")]
+        answers = [
+            {"image": spec, "question": q, "answer": answer(images[spec], q).strip()}
+            for spec, q in tqdm(jobs, desc=f"vlm ({label})", unit="question")
+        ]
         # embedded here, so comparing two runs (at the gate) needs no model
         embeddings = SentenceEmbedder(ctx.scorers[s.embedding_model]).encode([a["answer"] for a in answers])
         for a, e in zip(answers, embeddings):
             a["embedding"] = [round(float(x), 6) for x in e]
-        return Validation(metrics={"answers_nonempty": m.share(a["answer"] for a in answers),
-                                   "questions": float(len(answers))},
-                          outputs={"answers": answers},
-                          info={"images": s.images, "questions": len(jobs) // len(s.images),
-                                "embedding_model": s.embedding_model})
+        return Validation(
+            metrics={"answers_nonempty": m.share(a["answer"] for a in answers), "questions": float(len(answers))},
+            outputs={"answers": answers},
+            info={"images": s.images, "questions": len(jobs) // len(s.images), "embedding_model": s.embedding_model},
+        )
 
     def validate(self, artifact: Path, device: str, ctx: RunContext) -> Validation:
         import openvino as ov
@@ -182,13 +188,19 @@ model = OVModelForVisualCausalLM.from_pretrained("{path}")"""
 
         pipe = ov_genai.VLMPipeline(str(artifact), device, **ctx.pipeline_config())
         max_new = ctx.settings.max_new_tokens
-        return self._answer_all(lambda image, q: pipe.generate(q, image=ov.Tensor(image[None]), max_new_tokens=max_new,
-                                                               do_sample=False).texts[0], ctx, artifact.name)
+        return self._answer_all(
+            lambda image, q: pipe.generate(
+                q, image=ov.Tensor(image[None]), max_new_tokens=max_new, do_sample=False
+            ).texts[0],
+            ctx,
+            artifact.name,
+        )
 
     def reference(self, checkpoint: Path, ctx: RunContext) -> Validation:
         torch_vlm = TorchVLM(checkpoint)
-        run = self._answer_all(lambda image, q: torch_vlm.answer(image, q, ctx.settings.max_new_tokens), ctx,
-                               "PyTorch fp32")
+        run = self._answer_all(
+            lambda image, q: torch_vlm.answer(image, q, ctx.settings.max_new_tokens), ctx, "PyTorch fp32"
+        )
         run.info["how"] = "transformers AutoModelForImageTextToText, fp32 PyTorch on CPU, greedy"
         return run
 
@@ -196,12 +208,24 @@ model = OVModelForVisualCausalLM.from_pretrained("{path}")"""
         ref, cur = self.outputs(reference).get("answers", []), self.outputs(current).get("answers", [])
         if not ref or [(r["image"], r["question"]) for r in ref] != [(c["image"], c["question"]) for c in cur]:
             return Comparison({})
-        sims = [{"kind": "answer", "image": c["image"], "question": c["question"], "compared": r["answer"],
-                 "output": c["answer"], "similarity": float(m.cosines([r["embedding"]], [c["embedding"]])[0])}
-                for r, c in zip(ref, cur)]
-        return Comparison({"answer_similarity": m.mean(x["similarity"] for x in sims),
-                           "answer_exact_match": m.share(x["compared"] == x["output"] for x in sims)},
-                          worst([x for x in sims if x["compared"] != x["output"]], "similarity"))
+        sims = [
+            {
+                "kind": "answer",
+                "image": c["image"],
+                "question": c["question"],
+                "compared": r["answer"],
+                "output": c["answer"],
+                "similarity": float(m.cosines([r["embedding"]], [c["embedding"]])[0]),
+            }
+            for r, c in zip(ref, cur)
+        ]
+        return Comparison(
+            {
+                "answer_similarity": m.mean(x["similarity"] for x in sims),
+                "answer_exact_match": m.share(x["compared"] == x["output"] for x in sims),
+            },
+            worst([x for x in sims if x["compared"] != x["output"]], "similarity"),
+        )
 
     def performance(self, artifact: Path, device: str, ctx: RunContext) -> dict[str, float]:
         """Load + compile time, then TTFT / TPOT over the first image's questions, each generating exactly
@@ -217,8 +241,14 @@ model = OVModelForVisualCausalLM.from_pretrained("{path}")"""
         load_s = time.perf_counter() - start
         config = ov_genai.GenerationConfig(max_new_tokens=s.max_new_tokens, ignore_eos=True, do_sample=False)
         pipe.generate(jobs[0][1], image=image, generation_config=config)
-        perf = [pipe.generate(q, image=image, generation_config=config).perf_metrics
-                for spec, q in jobs if spec == s.images[0]]
-        return {"load_s": load_s, "ttft_ms": m.mean(p.get_ttft().mean for p in perf),
-                "tpot_ms": m.mean(p.get_tpot().mean for p in perf),
-                "throughput_tok_s": m.mean(p.get_throughput().mean for p in perf)}
+        perf = [
+            pipe.generate(q, image=image, generation_config=config).perf_metrics
+            for spec, q in jobs
+            if spec == s.images[0]
+        ]
+        return {
+            "load_s": load_s,
+            "ttft_ms": m.mean(p.get_ttft().mean for p in perf),
+            "tpot_ms": m.mean(p.get_tpot().mean for p in perf),
+            "throughput_tok_s": m.mean(p.get_throughput().mean for p in perf),
+        }

@@ -1,5 +1,6 @@
 """Whisper speech-to-text: WER/CER per speech set through openvino_genai.WhisperPipeline; the source checkpoint in
 transformers fp32 on the same utterances."""
+
 from __future__ import annotations
 
 import time
@@ -41,8 +42,9 @@ def whisper_pipeline(artifact: Path, device: str, ctx: RunContext):
 
 
 def transcripts(entries: list[dict], hypotheses: list[str]) -> list[dict]:
-    return [{"audio": Path(e["audio"]).name, "reference": e["text"], "hypothesis": h}
-            for e, h in zip(entries, hypotheses)]
+    return [
+        {"audio": Path(e["audio"]).name, "reference": e["text"], "hypothesis": h} for e, h in zip(entries, hypotheses)
+    ]
 
 
 def set_metrics(name: str, entries: list[dict], hypotheses: list[str]) -> dict[str, float]:
@@ -115,18 +117,28 @@ model = OVModelForSpeechSeq2Seq.from_pretrained("{path}")"""
         metrics, outputs = {}, {}
         for name in s.speech_sets:
             entries = speech_set(name)
-            hyps = [transcribe(load_audio(Path(e["audio"]), SAMPLE_RATE))
-                    for e in tqdm(entries, desc=f"transcribe {name} ({label})", unit="utt")]
+            hyps = [
+                transcribe(load_audio(Path(e["audio"]), SAMPLE_RATE))
+                for e in tqdm(entries, desc=f"transcribe {name} ({label})", unit="utt")
+            ]
             metrics |= set_metrics(name, entries, hyps)
             outputs[name] = transcripts(entries, hyps)
-        return Validation(metrics=metrics, outputs={"hypotheses": outputs},
-                          info={"speech_sets": s.speech_sets, "language": s.language, "task": s.task,
-                                "normalizer": "whisper EnglishTextNormalizer"})
+        return Validation(
+            metrics=metrics,
+            outputs={"hypotheses": outputs},
+            info={
+                "speech_sets": s.speech_sets,
+                "language": s.language,
+                "task": s.task,
+                "normalizer": "whisper EnglishTextNormalizer",
+            },
+        )
 
     def validate(self, artifact: Path, device: str, ctx: RunContext) -> Validation:
         pipe, config = whisper_pipeline(artifact, device, ctx)
-        return self._run(lambda audio: pipe.generate(audio.tolist(), config).texts[0].strip(), ctx.settings,
-                         artifact.name)
+        return self._run(
+            lambda audio: pipe.generate(audio.tolist(), config).texts[0].strip(), ctx.settings, artifact.name
+        )
 
     def reference(self, checkpoint: Path, ctx: RunContext) -> Validation:
         run = self._run(TorchWhisper(checkpoint, ctx.settings).transcribe, ctx.settings, "PyTorch fp32")
@@ -143,14 +155,28 @@ model = OVModelForSpeechSeq2Seq.from_pretrained("{path}")"""
                 return Comparison({})
             for x, y in zip(a, b):
                 pairs.append((x["hypothesis"], y["hypothesis"]))
-                change = m.utterance_wer(y["reference"], y["hypothesis"]) - m.utterance_wer(x["reference"],
-                                                                                             x["hypothesis"])
+                change = m.utterance_wer(y["reference"], y["hypothesis"]) - m.utterance_wer(
+                    x["reference"], x["hypothesis"]
+                )
                 if x["hypothesis"] != y["hypothesis"]:
-                    moved.append({"kind": "utterance", "set": name, "audio": y["audio"], "reference": y["reference"],
-                                  "compared": x["hypothesis"], "output": y["hypothesis"], "wer_change": change})
-        return Comparison({"transcript_exact_match": m.share(a == b for a, b in pairs),
-                           "transcript_wer": m.error_rates([a or "-" for a, _ in pairs], [b for _, b in pairs])["wer"]},
-                          worst(moved, "wer_change", reverse=True))
+                    moved.append(
+                        {
+                            "kind": "utterance",
+                            "set": name,
+                            "audio": y["audio"],
+                            "reference": y["reference"],
+                            "compared": x["hypothesis"],
+                            "output": y["hypothesis"],
+                            "wer_change": change,
+                        }
+                    )
+        return Comparison(
+            {
+                "transcript_exact_match": m.share(a == b for a, b in pairs),
+                "transcript_wer": m.error_rates([a or "-" for a, _ in pairs], [b for _, b in pairs])["wer"],
+            },
+            worst(moved, "wer_change", reverse=True),
+        )
 
     def performance(self, artifact: Path, device: str, ctx: RunContext) -> dict[str, float]:
         """Load + compile time, then real-time factor, TTFT and TPOT over the first utterances of the first speech
@@ -159,7 +185,7 @@ model = OVModelForSpeechSeq2Seq.from_pretrained("{path}")"""
         start = time.perf_counter()
         pipe, config = whisper_pipeline(artifact, device, ctx)
         load_s = time.perf_counter() - start
-        entries = speech_set(s.speech_sets[0])[:s.performance_utterances]
+        entries = speech_set(s.speech_sets[0])[: s.performance_utterances]
         clips = [load_audio(Path(e["audio"]), SAMPLE_RATE).tolist() for e in entries]
         pipe.generate(clips[0], config)
         compute_s, perf = 0.0, []
@@ -167,5 +193,9 @@ model = OVModelForSpeechSeq2Seq.from_pretrained("{path}")"""
             begin = time.perf_counter()
             perf.append(pipe.generate(clip, config).perf_metrics)
             compute_s += time.perf_counter() - begin
-        return {"load_s": load_s, "rtf": compute_s / (sum(map(len, clips)) / SAMPLE_RATE),
-                "ttft_ms": m.mean(p.get_ttft().mean for p in perf), "tpot_ms": m.mean(p.get_tpot().mean for p in perf)}
+        return {
+            "load_s": load_s,
+            "rtf": compute_s / (sum(map(len, clips)) / SAMPLE_RATE),
+            "ttft_ms": m.mean(p.get_ttft().mean for p in perf),
+            "tpot_ms": m.mean(p.get_tpot().mean for p in perf),
+        }
