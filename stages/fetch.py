@@ -81,7 +81,7 @@ def gguf_tokenizer(path: Path):
     meta = {k: fields[k].contents() for k in fields if k.startswith("tokenizer.")}
     kind, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre")
     arch = fields["general.architecture"].contents() if "general.architecture" in fields else "?"
-    if kind == "gpt2" and pre in ("smollm", "gpt2", "starcoder", "refact"):
+    if kind == "gpt2" and pre in ("smollm", "gpt2", "starcoder", "refact", "qwen2"):
         return _byte_level_bpe_tokenizer(meta, pre)
     # Gemma's SentencePiece BPE: no space prefix, no pre-tokenizer regex ("default")
     if (
@@ -96,6 +96,13 @@ def gguf_tokenizer(path: Path):
     )
 
 
+# Qwen2's pre-tokenizer regex (tokenizer.json of Qwen2 / Qwen2.5; llama.cpp's "qwen2" pre-tokenizer)
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
 def _special_token(meta: dict, key: str):
     i = meta.get(f"tokenizer.ggml.{key}_token_id")
     return meta["tokenizer.ggml.tokens"][i] if i is not None else None
@@ -105,7 +112,7 @@ def _byte_level_bpe_tokenizer(meta: dict, pre: str):
     """Byte-level BPE with the merges the GGUF lists (SmolLM2). Hand-written because transformers picks its GGUF
     tokenizer converter by architecture (llama -> SentencePiece style), which mangles `gpt2`-model vocabularies."""
     from gguf import TokenType
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     tokens = meta["tokenizer.ggml.tokens"]
@@ -113,18 +120,25 @@ def _byte_level_bpe_tokenizer(meta: dict, pre: str):
     merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    # llama.cpp's smollm/starcoder/refact pre-tokenizers split digits one by one before the GPT-2 regex
-    tok.pre_tokenizer = (
-        byte_level
-        if pre == "gpt2"
-        else pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    )
+    if pre == "qwen2":  # Qwen2 / Qwen2.5 tokenizer.json: NFC, its own split regex (single digits), then bytes
+        tok.normalizer = normalizers.NFC()
+        split = pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False)
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [split, pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)]
+        )
+    elif pre == "gpt2":
+        tok.pre_tokenizer = byte_level
+    else:  # llama.cpp's smollm/starcoder/refact pre-tokenizers split digits one by one before the GPT-2 regex
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     types = meta["tokenizer.ggml.token_type"]
     tok.add_special_tokens(
         [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == TokenType.CONTROL]
     )
+    if pre == "qwen2":  # Qwen2 lists <tool_call>, <|fim_pad|>, ... as user-defined: added (matched whole), not special
+        user_defined = [t for t, ty in zip(tokens, types) if ty == TokenType.USER_DEFINED]
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in user_defined])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=_special_token(meta, "bos"),
