@@ -82,6 +82,23 @@ def tiny_params(checkpoint: Path, text_file: Path) -> dict:
     }
 
 
+def trained_lora(data: str = "train") -> dict:
+    """An `adapters` entry: a LoRA on the tiny model trained for 4 steps on calibration set `data`."""
+    source = {"type": "train", "data": data, "rank": 4, "lora_alpha": 8, "steps": 4, "seq_len": 32, "batch_size": 2}
+    return {"model": "tiny", "source": {**source, "learning_rate": 0.05}}
+
+
+def distilled_draft(data: str, steps: int = 20, chat_samples: int = 8) -> dict:
+    """A `derived_drafts` entry: the tiny model pruned to one layer and distilled on calibration set `data`."""
+    distill = {"data": data, "steps": steps, "seq_len": 16, "batch_size": 4, "learning_rate": 3e-3}
+    return {
+        "base": "tiny",
+        "teacher": "tiny",
+        "keep_layers": 1,
+        "distill": {**distill, "chat_samples": chat_samples, "reply_tokens": 8},
+    }
+
+
 def scaffold(root: Path, params: dict) -> Path:
     """A throw-away copy of the pipeline (dvc.yaml + stages/) with these params, as a git + DVC repo."""
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from stages.core import tiny
-from tests.conftest import EVAL_TEXT, run_stage, scaffold, tiny_params
+from tests.conftest import EVAL_TEXT, distilled_draft, run_stage, scaffold, tiny_params, trained_lora
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -52,22 +52,7 @@ def two_projects(tmp_path, tiny_checkpoint, extend) -> list[Path]:
 def test_draft_distillation_is_byte_identical(tmp_path, tiny_checkpoint):
     def extend(p, text):
         p["calibration"] = {"distill": {"path": str(text), "max_chars": 4000}}
-        p["derived_drafts"] = {
-            "tiny-d1": {
-                "base": "tiny",
-                "teacher": "tiny",
-                "keep_layers": 1,
-                "distill": {
-                    "data": "distill",
-                    "steps": 8,
-                    "seq_len": 16,
-                    "batch_size": 4,
-                    "learning_rate": 3e-3,
-                    "chat_samples": 4,
-                    "reply_tokens": 8,
-                },
-            }
-        }
+        p["derived_drafts"] = {"tiny-d1": distilled_draft("distill", steps=8, chat_samples=4)}
 
     roots = two_projects(tmp_path, tiny_checkpoint, extend)
     for root in roots:
@@ -78,21 +63,7 @@ def test_draft_distillation_is_byte_identical(tmp_path, tiny_checkpoint):
 def test_lora_training_is_byte_identical(tmp_path, tiny_checkpoint):
     def extend(p, text):
         p["calibration"] = {"train": {"path": str(text)}}
-        p["adapters"] = {
-            "tiny-lora": {
-                "model": "tiny",
-                "source": {
-                    "type": "train",
-                    "data": "train",
-                    "rank": 4,
-                    "lora_alpha": 8,
-                    "steps": 4,
-                    "seq_len": 32,
-                    "batch_size": 2,
-                    "learning_rate": 0.05,
-                },
-            }
-        }
+        p["adapters"] = {"tiny-lora": trained_lora()}
         p["validate"]["llm"]["max_tokens"] = 128
 
     roots = two_projects(tmp_path, tiny_checkpoint, extend)

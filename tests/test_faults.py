@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from stages.core.io import TEMP_MARK, sha256_file
-from tests.conftest import EVAL_TEXT, REPO, dvc, scaffold, tiny_params
+from tests.conftest import EVAL_TEXT, REPO, distilled_draft, dvc, scaffold, tiny_params, trained_lora
 
 RESULT_DIRS = ("models", "data", "metrics", "outputs")
 KILLS_PER_STAGE = 2  # at seeded times over the run, then one more while an output is being written
@@ -42,37 +42,8 @@ def fault_params(checkpoint: Path, text: Path) -> dict:
     p["build"] = ["tiny/fp16"]
     p["gate"]["rules"] = [r for r in p["gate"]["rules"] if r.get("variants", ["fp16"]) == ["fp16"]]
     p["calibration"] = {"train": {"path": str(text), "max_chars": 4000}}
-    p["adapters"] = {
-        "tiny-lora": {
-            "model": "tiny",
-            "source": {
-                "type": "train",
-                "data": "train",
-                "rank": 4,
-                "lora_alpha": 8,
-                "steps": 4,
-                "seq_len": 32,
-                "batch_size": 2,
-                "learning_rate": 0.05,
-            },
-        }
-    }
-    p["derived_drafts"] = {
-        "tiny-d1": {
-            "base": "tiny",
-            "teacher": "tiny",
-            "keep_layers": 1,
-            "distill": {
-                "data": "train",
-                "steps": 20,
-                "seq_len": 16,
-                "batch_size": 4,
-                "learning_rate": 3e-3,
-                "chat_samples": 8,
-                "reply_tokens": 8,
-            },
-        }
-    }
+    p["adapters"] = {"tiny-lora": trained_lora()}
+    p["derived_drafts"] = {"tiny-d1": distilled_draft("train")}
     return p
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_nothing_written, run_stage, write_params
+from tests.conftest import assert_nothing_written, run_stage, trained_lora, write_params
 
 
 def random_lora(checkpoint: Path, out: Path, seed: int, targets: list[str], r: int = 4, lora_alpha: int = 8) -> Path:
@@ -115,21 +115,7 @@ def lora_project(project):
 
 def test_trained_adapter_through_the_pipeline(lora_project):
     project, params = lora_project
-    params["adapters"] = {
-        "tiny-lora": {
-            "model": "tiny",
-            "source": {
-                "type": "train",
-                "data": "train",
-                "rank": 4,
-                "lora_alpha": 8,
-                "steps": 4,
-                "seq_len": 32,
-                "batch_size": 2,
-                "learning_rate": 0.05,
-            },
-        }
-    }
+    params["adapters"] = {"tiny-lora": trained_lora()}
     params["gate"]["rules"] += [
         {"family": "llm", "metric": "effect_pct@*", "min": 0.01},
         {"family": "llm", "metric": "peft_delta_pct@*", "variants": ["fp16"], "max": 0.5},

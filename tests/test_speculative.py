@@ -10,7 +10,15 @@ import pytest
 import yaml
 
 from stages.core.tiny import tiny_llm
-from tests.conftest import EVAL_TEXT, assert_nothing_written, run_stage, scaffold, tiny_params, write_params
+from tests.conftest import (
+    EVAL_TEXT,
+    assert_nothing_written,
+    distilled_draft,
+    run_stage,
+    scaffold,
+    tiny_params,
+    write_params,
+)
 
 
 def speculative_params(main, other, text) -> dict:
@@ -19,22 +27,7 @@ def speculative_params(main, other, text) -> dict:
     p["calibration"] = {"distill": {"path": str(text), "max_chars": 4000}}
     p["build"] = ["tiny/fp16"]
     p["gate"]["rules"] = [r for r in p["gate"]["rules"] if r.get("variants", ["fp16"]) == ["fp16"]]
-    p["derived_drafts"] = {
-        "tiny-d1": {
-            "base": "tiny",
-            "teacher": "tiny",
-            "keep_layers": 1,
-            "distill": {
-                "data": "distill",
-                "steps": 20,
-                "seq_len": 16,
-                "batch_size": 4,
-                "learning_rate": 3e-3,
-                "chat_samples": 8,
-                "reply_tokens": 8,
-            },
-        }
-    }
+    p["derived_drafts"] = {"tiny-d1": distilled_draft("distill")}
     p["drafts"] = ["tiny-d1/int8", "other/int8"]
     p["pairs"] = {
         "good": {"main": "tiny/fp16", "draft": "tiny-d1/int8"},
