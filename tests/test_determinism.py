@@ -70,3 +70,41 @@ def test_lora_training_is_byte_identical(tmp_path, tiny_checkpoint):
     for root in roots:
         run_stage("stages.adapter", "--adapter", "tiny-lora", cwd=root)
     assert_same_files(*(root / "models/adapters/tiny-lora" for root in roots))
+
+
+EXPORT_ENCODER_DECODER = """
+import sys
+from pathlib import Path
+from optimum.exporters.openvino.__main__ import main_export
+from optimum.intel.openvino.configuration import OVConfig
+from stages.families.base import order_cross_attention_states
+order_cross_attention_states()
+main_export(sys.argv[1], output=Path(sys.argv[2]), task="automatic-speech-recognition-with-past",
+            ov_config=OVConfig(dtype="fp16"), stateful=True, convert_tokenizer=False, library_name="transformers")
+"""
+
+
+def test_encoder_decoder_export_is_byte_identical(tmp_path):
+    """optimum-intel's cross-attention states came out in set-of-nodes order (a different decoder IR per export);
+    two exports in two processes of a random-init 4-layer Whisper must now give the same bytes."""
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=128, d_model=64, encoder_layers=2, decoder_layers=4, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=80,
+        max_source_positions=1500, max_target_positions=64, decoder_start_token_id=1, pad_token_id=0,
+        eos_token_id=2, bos_token_id=1,
+    )  # fmt: skip
+    WhisperForConditionalGeneration(config).save_pretrained(tmp_path / "checkpoint")
+    for out in ("one", "two/nested"):
+        subprocess.run(
+            [sys.executable, "-c", EXPORT_ENCODER_DECODER, str(tmp_path / "checkpoint"), str(tmp_path / out)],
+            check=True,
+            cwd=Path(__file__).parent.parent,
+        )
+    assert_same_files(tmp_path / "one", tmp_path / "two/nested")

@@ -146,6 +146,7 @@ class Family(abc.ABC):
         from optimum.intel.openvino.configuration import OVConfig
 
         lift_export_caps()
+        order_cross_attention_states()
         fix_digit_split_conversion()
         qconfig = variant.quantization_config()
         if qconfig is not None and calibration:
@@ -225,6 +226,24 @@ def lift_export_caps() -> None:
 
     for config_class in EXPORT_CAP_LIFTS.values():
         getattr(model_configs, config_class).MAX_TRANSFORMERS_VERSION = EXPORT_CAP_VERIFIED
+
+
+def order_cross_attention_states() -> None:
+    """optimum-intel turns an encoder-decoder's cross-attention K/V into states in the iteration order of a set of
+    ov.Node (hashed by address), so the decoder IR's node order, names and bytes changed with every export; sort
+    those nodes by their topological position instead. Idempotent."""
+    from optimum.exporters.openvino import stateful
+
+    original = stateful.find_output_nodes_of_dependent_subgraph
+    if getattr(original, "ordered", False):
+        return
+
+    def ordered(model, sources):
+        position = {node: i for i, node in enumerate(model.get_ordered_ops())}
+        return sorted(original(model, sources), key=position.__getitem__)
+
+    ordered.ordered = True
+    stateful.find_output_nodes_of_dependent_subgraph = ordered
 
 
 def worst(items: list[dict], key: str, n: int = 3, reverse: bool = False) -> list[dict]:
