@@ -121,6 +121,47 @@ def scaffold(root: Path, params: dict) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory, tiny_checkpoint):
+    """A hub-compatible HTTP server (tests/hub_server.py) on 127.0.0.1 serving `org/tiny`: the tiny checkpoint
+    tagged `v1.0`, then a README on `main`, and a branch `dev` with a notes file. Yields a namespace with `url`
+    and `commits` ({"v1.0" | "main" | "dev": sha}); stopped at the end of the session."""
+    from types import SimpleNamespace
+
+    from tests import hub_server
+
+    root = tmp_path_factory.mktemp("hub")
+    files = {p.name: p.read_bytes() for p in tiny_checkpoint.iterdir() if p.is_file()}
+    commits = hub_server.git_repo(
+        root / "models" / "org" / "tiny",
+        [
+            ("checkpoint tag:v1.0", files),
+            ("readme", {"README.md": b"# tiny\n"}),
+            ("notes branch:dev", {"notes.txt": b"dev only\n"}),
+        ],
+    )
+    commits["main"] = commits["readme"]
+    proc, url = hub_server.start(root)
+    try:
+        yield SimpleNamespace(url=url, root=root, commits=commits)
+    finally:
+        hub_server.stop(proc)
+
+
+def hub_env(url: str, hf_home: Path) -> dict:
+    """The environment of a stage that talks to the hub at `url`: online, its own empty HF cache."""
+    return {
+        "HF_ENDPOINT": url,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": None,
+        "HF_HUB_OFFLINE": None,
+        "HF_DATASETS_OFFLINE": None,
+        "HF_TOKEN": None,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+
+
 @pytest.fixture
 def project(tmp_path, tiny_checkpoint, monkeypatch):
     """The pipeline on the tiny model in a temporary repo; cwd set to it."""
@@ -186,10 +227,10 @@ def write_params(root: Path, params: dict) -> Path:
 
 
 def run_stage(*args, cwd=None, check=True, env=None):
-    """Run `python -m stages.<...>` as DVC would; returns the CompletedProcess."""
-    proc = subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}
-    )
+    """Run `python -m stages.<...>` as DVC would; returns the CompletedProcess. `env` entries set to None are
+    removed from the environment."""
+    merged = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env=merged)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
