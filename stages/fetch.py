@@ -349,6 +349,16 @@ def fetch_hub(source: HubSource, spec: ModelSpec, out: Path) -> dict:
         )
     except Exception as e:  # huggingface_hub and its HTTP client raise many types; all name this source
         raise hub_error(e, source) from e
+    # snapshot_download skips a file named in allow_patterns that the revision lacks: a file asked for by name
+    # must be there (the snapshot folder holds only files of its commit)
+    named = [p for p in source.allow_patterns or [] if not any(c in p for c in "*?[")]
+    missing = [p for p in named if not (snapshot / p).is_file() and not any(fnmatch(p, i) for i in ignore)]
+    if missing:
+        raise BuildError(
+            f"source: {source.repo_id}@{source.revision}: file not found in the repository: {', '.join(missing)}"
+        )
+    if not snapshot.is_dir():
+        raise BuildError(f"source: {source.repo_id}@{source.revision}: no file matches allow_patterns")
     # an offline cache may hold pickle files from an earlier permissive download: filter again
     copy_tree(snapshot, out, keep=lambda p: spec.allow_pickle or not is_pickle(p.name))
     # the hub cache names each snapshot folder after the commit it resolved to
