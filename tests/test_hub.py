@@ -1,0 +1,87 @@
+"""The hub fetch over HTTP: stages.fetch against tests/hub_server.py (a hub-compatible server on 127.0.0.1)."""
+
+import json
+
+import pytest
+import yaml
+
+from stages.core.io import sha256_file
+from tests.conftest import assert_nothing_written, error_line, hub_env, run_stage, write_params
+from tests.hub_server import free_port
+
+
+def hub_source(project, revision="main", repo_id="org/tiny", **patterns):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    source = {"type": "hub", "repo_id": repo_id, "revision": revision, **patterns}
+    params["models"]["tiny"] = {"family": "llm", "source": source}
+    write_params(project, params)
+
+
+def fetch(project, url, tmp_path, check=True):
+    return run_stage("stages.fetch", "--model", "tiny", check=check, env=hub_env(url, tmp_path / "hf-home"))
+
+
+def manifest(project) -> dict:
+    return json.loads((project / "models/tiny/checkpoint/manifest.json").read_text())
+
+
+@pytest.mark.parametrize("revision", ["main", "v1.0", "dev-sha"])
+def test_fetch_at_a_branch_a_tag_and_a_commit_records_the_resolved_commit(
+    project, hub, tmp_path, tiny_checkpoint, revision
+):
+    revision = hub.commits["dev"] if revision == "dev-sha" else revision
+    hub_source(project, revision)
+    fetch(project, hub.url, tmp_path)
+    m = manifest(project)
+    expected = hub.commits.get(revision, revision)
+    assert (m["requested_revision"], m["resolved_revision"]) == (revision, expected)
+    files = {f["path"]: f for f in m["files"]}
+    assert files["model.safetensors"]["sha256"] == sha256_file(tiny_checkpoint / "model.safetensors")
+    # what each revision holds: the tag has no README, only the dev branch has notes.txt
+    assert ("README.md" in files, "notes.txt" in files) == {
+        "main": (True, False),
+        "v1.0": (False, False),
+        hub.commits["dev"]: (True, True),
+    }[revision]
+    assert json.loads((project / "data/sources/tiny.json").read_text())["resolved_revision"] == expected
+
+
+def test_allow_and_ignore_patterns_select_what_is_downloaded(project, hub, tmp_path):
+    hub_source(project, "dev", ignore_patterns=["*.txt", "README.md"])
+    fetch(project, hub.url, tmp_path)
+    assert {"notes.txt", "README.md"}.isdisjoint(f["path"] for f in manifest(project)["files"])
+    hub_source(project, "dev", allow_patterns=["*.json", "*.safetensors", "*.jinja"])
+    fetch(project, hub.url, tmp_path)
+    paths = {f["path"] for f in manifest(project)["files"]}
+    assert "model.safetensors" in paths and "config.json" in paths
+    assert {"notes.txt", "README.md"}.isdisjoint(paths)
+
+
+@pytest.mark.parametrize(
+    "repo_id, revision, allow, expected",
+    [
+        ("org/missing", "main", None, "source: org/missing@main: repository not found"),
+        ("org/tiny", "no-such-branch", None, "source: org/tiny@no-such-branch: revision 'no-such-branch' not found"),
+        ("org/tiny", "0" * 40, None, f"source: org/tiny@{'0' * 40}: revision '{'0' * 40}' not found"),
+        (
+            "org/tiny",
+            "main",
+            ["config.json", "model.safetensors", "tokenizer.json", "missing.json"],
+            "source: org/tiny@main: file not found in the repository: missing.json",
+        ),
+        ("org/tiny", "v1.0", ["*.gguf"], "source: org/tiny@v1.0: no file matches allow_patterns"),
+    ],
+    ids=["unknown-repo", "unknown-branch", "unknown-sha", "missing-file", "nothing-matches"],
+)
+def test_hub_errors_are_one_line_naming_repo_and_revision(project, hub, tmp_path, repo_id, revision, allow, expected):
+    hub_source(project, revision, repo_id, **({"allow_patterns": allow} if allow else {}))
+    line = error_line(fetch(project, hub.url, tmp_path, check=False))
+    assert line.startswith(f"error: {expected}"), line
+    assert_nothing_written(project / "models")
+
+
+def test_hub_down_is_one_line(project, tmp_path):
+    hub_source(project, "main")
+    line = error_line(fetch(project, f"http://127.0.0.1:{free_port()}", tmp_path, check=False))
+    assert line.startswith("error: source: org/tiny@main: ") and "unreachable" in line, line
+    assert_nothing_written(project / "models")
