@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import subprocess
@@ -121,11 +122,16 @@ def scaffold(root: Path, params: dict) -> Path:
     return root
 
 
+HUB_TOKEN = "hf_test_secret_0123456789abcdef"  # the token the hub server's gated and private repos accept
+
+
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory, tiny_checkpoint):
     """A hub-compatible HTTP server (tests/hub_server.py) on 127.0.0.1 serving `org/tiny`: the tiny checkpoint
-    tagged `v1.0`, then a README on `main`, and a branch `dev` with a notes file. Yields a namespace with `url`
-    and `commits` ({"v1.0" | "main" | "dev": sha}); stopped at the end of the session."""
+    tagged `v1.0`, then a README on `main`, and a branch `dev` with a notes file; the checkpoint again as
+    `org/gated` and `org/private` (served with HUB_TOKEN only), `org/cut` (for dropped connections) and
+    `org/pickled` (with a pytorch_model.bin beside the safetensors). Yields a namespace with `url`, `root` (its
+    hub-server.json sets faults) and `commits` ({"v1.0" | "main" | "dev": sha}); stopped at the end of the session."""
     from types import SimpleNamespace
 
     from tests import hub_server
@@ -141,6 +147,10 @@ def hub(tmp_path_factory, tiny_checkpoint):
         ],
     )
     commits["main"] = commits["readme"]
+    for name, extra in (("gated", {}), ("private", {}), ("cut", {}), ("pickled", {"pytorch_model.bin": b"pickle"})):
+        hub_server.git_repo(root / "models" / "org" / name, [("checkpoint", {**files, **extra})])
+    access = {f"models/org/{kind}": {"kind": kind, "token": HUB_TOKEN} for kind in ("gated", "private")}
+    (root / "hub-server.json").write_text(json.dumps({"access": access}))
     proc, url = hub_server.start(root)
     try:
         yield SimpleNamespace(url=url, root=root, commits=commits)

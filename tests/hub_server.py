@@ -8,6 +8,13 @@ revision huggingface_hub names (branch, tag, full or short commit sha) is resolv
 with the hub's X-Repo-Commit / ETag headers and byte ranges, tree listing, paths-info), and fails as the hub does:
 unknown repo 401 RepoNotFound, unknown revision 404 RevisionNotFound, missing file 404 EntryNotFound.
 
+ROOT/hub-server.json (read at every request, so a test may change it while the server runs) sets faults:
+    {"access": {"models/org/x": {"kind": "gated" | "private", "token": "hf_..."}},
+     "cut": {"models/org/x/model.safetensors": 100000}}
+A gated repo lists its files to anyone but serves them only with `Authorization: Bearer <token>` (401 GatedRepo
+without a token, 403 with another); a private one answers 401 RepoNotFound without the token. A `cut` file's
+GET sends that many bytes (none to a resuming Range request), then drops the connection.
+
 Why not an existing server: olah needs huggingface_hub>=1.27 (the project pins 1.21.0, optimum-intel <1.22) and
 answers an unknown revision with 401 RepoNotFound and an unknown sha or missing file with 500; hf-local-hub's wheel
 is a CLI around a Go binary it does not ship.
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -42,8 +50,8 @@ def git(repo: Path, *args: str, text: bool = True):
 
 
 class Repo:
-    def __init__(self, path: Path, repo_id: str):
-        self.path, self.repo_id = path, repo_id
+    def __init__(self, path: Path, repo_id: str, key: str):
+        self.path, self.repo_id, self.key = path, repo_id, key  # key: "models/org/name" in hub-server.json
 
     def commit(self, revision: str) -> str:
         sha = (
@@ -86,14 +94,26 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet: the tests read the client's errors, not the access log
         pass
 
+    def faults(self) -> dict:
+        path = self.root / "hub-server.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
     def find_repo(self, repo_type: str, parts: list[str]) -> tuple[Repo, list[str]]:
         """The repository named by the first one or two path segments, and the segments after it."""
         for n in (2, 1):
             if len(parts) >= n and all(p not in ("", ".", "..") for p in parts[:n]):
                 path = self.root / repo_type / Path(*parts[:n])
                 if (path / ".git").exists():
-                    return Repo(path, "/".join(parts[:n])), parts[n:]
+                    repo_id = "/".join(parts[:n])
+                    repo = Repo(path, repo_id, f"{repo_type}/{repo_id}")
+                    access = self.faults().get("access", {}).get(repo.key)
+                    if access and access["kind"] == "private" and not self.authorized(access):
+                        break
+                    return repo, parts[n:]
         raise HubError(401, "RepoNotFound", "Repository not found")
+
+    def authorized(self, access: dict) -> bool:
+        return self.headers.get("Authorization", "") == f"Bearer {access['token']}"
 
     def route(self, method: str) -> tuple[int, dict, bytes]:
         url = urlsplit(self.path)
@@ -120,7 +140,7 @@ class Handler(BaseHTTPRequestHandler):
                 "id": repo.repo_id,
                 "sha": commit,
                 "private": False,
-                "gated": False,
+                "gated": "auto" if self.faults().get("access", {}).get(repo.key, {}).get("kind") == "gated" else False,
                 "disabled": False,
                 "tags": [],
                 "siblings": [{"rfilename": f} for f in files],
@@ -152,6 +172,10 @@ class Handler(BaseHTTPRequestHandler):
         raise HubError(404, "EntryNotFound", f"no API route {'/'.join(rest)}")
 
     def resolve(self, method: str, repo: Repo, revision: str, path: str) -> tuple[int, dict, bytes]:
+        access = self.faults().get("access", {}).get(repo.key)
+        if access and access["kind"] == "gated" and not self.authorized(access):
+            status = 403 if self.headers.get("Authorization") else 401
+            raise HubError(status, "GatedRepo", f"Access to model {repo.repo_id} is restricted.")
         commit = repo.commit(revision)
         oid, data = repo.blob(commit, path)
         headers = {"X-Repo-Commit": commit, "ETag": f'"{oid}"', "Accept-Ranges": "bytes"}
@@ -165,6 +189,9 @@ class Handler(BaseHTTPRequestHandler):
                 return 416, {"Content-Range": f"bytes */{len(data)}"}, b""
             status, body = 206, data[start : end + 1]
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        cut = self.faults().get("cut", {}).get(f"{repo.key}/{path}")
+        if method == "GET" and cut is not None:
+            headers["X-Test-Cut"] = str(0 if ranged else cut)
         return status, headers, body
 
     def body(self) -> bytes:
@@ -179,12 +206,18 @@ class Handler(BaseHTTPRequestHandler):
         headers.setdefault(
             "Content-Type", "application/json" if body[:1] in (b"{", b"[") else "application/octet-stream"
         )
+        cut = headers.pop("X-Test-Cut", None)
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if method != "HEAD":
+        if cut is not None:  # a connection dropped mid-file
+            self.wfile.write(body[: int(cut)])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+        elif method != "HEAD":
             self.wfile.write(body)
 
     def do_GET(self):
@@ -235,8 +268,6 @@ def git_repo(path: Path, commits: list[tuple[str, dict[str, bytes | None]]], bra
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -258,7 +289,7 @@ def start(root: Path, timeout: float = 20) -> tuple[subprocess.Popen, str]:
             tail = (root / "hub-server.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"hub server exited ({proc.returncode}): {tail}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"{url}/health", timeout=1) as r:
                 if r.status == 200:
                     return proc, url
         except OSError:
