@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from stages.core.io import sha256_file
-from tests.conftest import assert_nothing_written, error_line, hub_env, run_stage, write_params
+from tests.conftest import HUB_TOKEN, assert_nothing_written, error_line, hub_env, run_stage, write_params
 from tests.hub_server import free_port
 
 
@@ -85,3 +85,56 @@ def test_hub_down_is_one_line(project, tmp_path):
     line = error_line(fetch(project, f"http://127.0.0.1:{free_port()}", tmp_path, check=False))
     assert line.startswith("error: source: org/tiny@main: ") and "unreachable" in line, line
     assert_nothing_written(project / "models")
+
+
+@pytest.mark.parametrize("repo", ["gated", "private"])
+@pytest.mark.parametrize("token", [None, "hf_wrong_token_value_42"])
+def test_gated_or_private_repo_without_the_right_token_names_hf_token(project, hub, tmp_path, repo, token):
+    hub_source(project, "main", f"org/{repo}")
+    proc = run_stage(
+        "stages.fetch", "--model", "tiny", check=False, env={**hub_env(hub.url, tmp_path / "hf"), "HF_TOKEN": token}
+    )
+    line = error_line(proc)
+    assert line.startswith(f"error: source: org/{repo}@main: ") and "HF_TOKEN" in line, line
+    assert token is None or token not in proc.stdout + proc.stderr
+    assert_nothing_written(project / "models")
+
+
+def test_the_token_opens_gated_and_private_repos_and_is_never_written(project, hub, tmp_path):
+    for repo in ("gated", "private"):
+        hub_source(project, "main", f"org/{repo}")
+        env = {**hub_env(hub.url, tmp_path / "hf"), "HF_TOKEN": HUB_TOKEN}
+        proc = run_stage("stages.fetch", "--model", "tiny", env=env)
+        assert HUB_TOKEN not in proc.stdout + proc.stderr
+        assert manifest(project)["repo_id"] == f"org/{repo}"
+    written = [p for p in project.rglob("*") if p.is_file() and ".git" not in p.parts]
+    assert not [p for p in written if HUB_TOKEN.encode() in p.read_bytes()]
+
+
+@pytest.mark.parametrize("allow_pickle", [False, True])
+def test_pickle_weights_are_not_even_downloaded_unless_allowed(project, hub, tmp_path, allow_pickle):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    source = {"type": "hub", "repo_id": "org/pickled", "revision": "main"}
+    params["models"]["tiny"] = {"family": "llm", "source": source, "allow_pickle": allow_pickle}
+    write_params(project, params)
+    fetch(project, hub.url, tmp_path)
+    assert ("pytorch_model.bin" in {f["path"] for f in manifest(project)["files"]}) == allow_pickle
+    assert bool(list((tmp_path / "hf-home").rglob("pytorch_model.bin"))) == allow_pickle
+
+
+def test_a_download_cut_off_mid_file_leaves_no_checkpoint_and_the_next_run_completes(
+    project, hub, tmp_path, tiny_checkpoint
+):
+    faults = hub.root / "hub-server.json"
+    saved = faults.read_text()
+    hub_source(project, "main", "org/cut")
+    try:  # the first GET of model.safetensors stops after 100 kB, every resumed one at once
+        faults.write_text(json.dumps({**json.loads(saved), "cut": {"models/org/cut/model.safetensors": 100_000}}))
+        line = error_line(fetch(project, hub.url, tmp_path, check=False))
+        assert line.startswith("error: source: org/cut@main: download failed"), line
+        assert_nothing_written(project / "models")
+    finally:
+        faults.write_text(saved)
+    fetch(project, hub.url, tmp_path)
+    files = {f["path"]: f["sha256"] for f in manifest(project)["files"]}
+    assert files["model.safetensors"] == sha256_file(tiny_checkpoint / "model.safetensors")
