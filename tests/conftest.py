@@ -130,7 +130,7 @@ def hub(tmp_path_factory, tiny_checkpoint):
     """A hub-compatible HTTP server (tests/hub_server.py) on 127.0.0.1 serving `org/tiny`: the tiny checkpoint
     tagged `v1.0`, then a README on `main`, and a branch `dev` with a notes file; the checkpoint again as
     `org/gated` and `org/private` (served with HUB_TOKEN only), `org/cut` (for dropped connections) and
-    `org/pickled` (with a pytorch_model.bin beside the safetensors). Yields a namespace with `url`, `root` (its
+    `org/pickled` (with a pytorch_model.bin beside the safetensors) and `org/ir-draft` (an OpenVINO IR). Yields a namespace with `url`, `root` (its
     hub-server.json sets faults) and `commits` ({"v1.0" | "main" | "dev": sha}); stopped at the end of the session."""
     from types import SimpleNamespace
 
@@ -147,8 +147,16 @@ def hub(tmp_path_factory, tiny_checkpoint):
         ],
     )
     commits["main"] = commits["readme"]
-    for name, extra in (("gated", {}), ("private", {}), ("cut", {}), ("pickled", {"pytorch_model.bin": b"pickle"})):
-        hub_server.git_repo(root / "models" / "org" / name, [("checkpoint", {**files, **extra})])
+    ir = {"openvino_model.xml": b"<net/>", "openvino_model.bin": bytes(64), "model.safetensors": None}
+    for name, extra in (
+        ("gated", {}),
+        ("private", {}),
+        ("cut", {}),
+        ("pickled", {"pytorch_model.bin": b"pickle"}),
+        ("ir-draft", ir),  # an OpenVINO IR repo (FastDraft style); the IR files are stand-ins, fetch does not read them
+    ):
+        files_here = {k: v for k, v in {**files, **extra}.items() if v is not None}
+        hub_server.git_repo(root / "models" / "org" / name, [("checkpoint", files_here)])
     access = {f"models/org/{kind}": {"kind": kind, "token": HUB_TOKEN} for kind in ("gated", "private")}
     (root / "hub-server.json").write_text(json.dumps({"access": access}))
     proc, url = hub_server.start(root)

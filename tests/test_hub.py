@@ -138,3 +138,12 @@ def test_a_download_cut_off_mid_file_leaves_no_checkpoint_and_the_next_run_compl
     fetch(project, hub.url, tmp_path)
     files = {f["path"]: f["sha256"] for f in manifest(project)["files"]}
     assert files["model.safetensors"] == sha256_file(tiny_checkpoint / "model.safetensors")
+
+
+def test_an_openvino_ir_repo_keeps_its_ir_weights(project, hub, tmp_path):
+    """A hub draft that already is an OpenVINO IR (FastDraft style): openvino_model.bin is raw tensors, not a pickle
+    to skip, and there are no safetensors."""
+    hub_source(project, "main", "org/ir-draft")
+    fetch(project, hub.url, tmp_path)
+    paths = {f["path"] for f in manifest(project)["files"]}
+    assert {"openvino_model.xml", "openvino_model.bin"} <= paths and "model.safetensors" not in paths
