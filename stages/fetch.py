@@ -19,7 +19,7 @@ from stages.core.errors import BuildError, run_stage, user_input
 from stages.core.io import atomic_dir, copy_tree, file_inventory, scratch_dir, sha256_file, write_json
 from stages.core.paths import checkpoint_dir, source_manifest_path
 from stages.core.runtime import log, package_version, setup_logging
-from stages.core.schema import CT2Source, GGUFSource, HubSource, LocalSource, ModelSpec, TinySource
+from stages.core.schema import AdapterHub, CT2Source, GGUFSource, HubSource, LocalSource, ModelSpec, TinySource
 from stages.params import load_stage_params, stage_parser
 
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle"]
@@ -310,7 +310,7 @@ def fetch_local(source: LocalSource, spec: ModelSpec, out: Path) -> dict:
     }
 
 
-def hub_error(e: Exception, source: HubSource) -> BuildError:
+def hub_error(e: Exception, source: HubSource | AdapterHub, filename: str | None = None) -> BuildError:
     """One line per hub failure, naming repo and revision (and HF_TOKEN where it matters, never its value)."""
     from huggingface_hub import errors
 
@@ -324,7 +324,7 @@ def hub_error(e: Exception, source: HubSource) -> BuildError:
     if isinstance(e, errors.LocalEntryNotFoundError):  # a subclass of EntryNotFoundError: first
         return BuildError(f"{where}: not in the local cache and the hub is unreachable (offline, or HF_ENDPOINT down)")
     if isinstance(e, errors.EntryNotFoundError):
-        return BuildError(f"{where}: file not found in the repository ({e})")
+        return BuildError(f"{where}: file not found in the repository: {filename or str(e).splitlines()[0]}")
     if isinstance(e, errors.HfHubHTTPError):
         status = getattr(getattr(e, "response", None), "status_code", None)
         hint = "; set HF_TOKEN" if status in (401, 403) else ""
