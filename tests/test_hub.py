@@ -147,3 +147,45 @@ def test_an_openvino_ir_repo_keeps_its_ir_weights(project, hub, tmp_path):
     fetch(project, hub.url, tmp_path)
     paths = {f["path"] for f in manifest(project)["files"]}
     assert {"openvino_model.xml", "openvino_model.bin"} <= paths and "model.safetensors" not in paths
+
+
+@pytest.fixture(scope="session")
+def hub_lora(hub, tiny_checkpoint, tmp_path_factory):
+    """`org/tiny-lora` on the hub server: a random PEFT LoRA for the tiny model (with its adapter_config.json),
+    tagged `v1`. The server finds repos at each request, so adding one to its root is enough."""
+    from tests import hub_server
+    from tests.test_lora import random_lora
+
+    lora = random_lora(tiny_checkpoint, tmp_path_factory.mktemp("lora") / "a", 1, ["q_proj", "v_proj"])
+    files = {p.name: p.read_bytes() for p in lora.iterdir() if p.is_file()}
+    commits = hub_server.git_repo(hub.root / "models" / "org" / "tiny-lora", [("adapter tag:v1", files)])
+    return lora, commits["v1"]
+
+
+@pytest.mark.parametrize(
+    "revision, filename, error",
+    [
+        ("v1", "adapter_model.safetensors", None),
+        ("no-such-tag", "adapter_model.safetensors", "revision 'no-such-tag' not found in org/tiny-lora"),
+        ("v1", "nope.safetensors", "file not found in the repository: nope.safetensors"),
+    ],
+)
+def test_a_lora_adapter_from_the_hub(project, hub, hub_lora, tmp_path, revision, filename, error):
+    lora, _commit = hub_lora
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    source = {"type": "hub", "repo_id": "org/tiny-lora", "revision": revision, "filename": filename}
+    params["adapters"] = {"hub-lora": {"model": "tiny", "source": source}}
+    write_params(project, params)
+    run_stage("stages.evalsets")
+    run_stage("stages.fetch", "--model", "tiny")  # the local tiny checkpoint the adapter is checked against
+    proc = run_stage("stages.adapter", "--adapter", "hub-lora", check=False, env=hub_env(hub.url, tmp_path / "hf-home"))
+    if error:
+        line = error_line(proc)
+        assert line == f"error: source: org/tiny-lora@{revision}: {error}", line
+        assert_nothing_written(project / "models/adapters")
+        return
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((project / "models/adapters/hub-lora/manifest.json").read_text())
+    assert m["sha256"] == sha256_file(lora / "adapter_model.safetensors")
+    assert m["alpha"] == 8 / 4  # lora_alpha / r from the adapter_config.json that came along
+    assert m["reference"]["perplexity"] != m["reference"]["perplexity_base"]
