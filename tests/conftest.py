@@ -130,8 +130,9 @@ def hub(tmp_path_factory, tiny_checkpoint):
     """A hub-compatible HTTP server (tests/hub_server.py) on 127.0.0.1 serving `org/tiny`: the tiny checkpoint
     tagged `v1.0`, then a README on `main`, and a branch `dev` with a notes file; the checkpoint again as
     `org/gated` and `org/private` (served with HUB_TOKEN only), `org/cut` (for dropped connections) and
-    `org/pickled` (with a pytorch_model.bin beside the safetensors) and `org/ir-draft` (an OpenVINO IR). Yields a namespace with `url`, `root` (its
-    hub-server.json sets faults) and `commits` ({"v1.0" | "main" | "dev": sha}); stopped at the end of the session."""
+    `org/pickled` (with a pytorch_model.bin beside the safetensors) and `org/ir-draft` (an OpenVINO IR); the
+    dataset `org/wikitext-tiny` (config `tiny-raw-v1`, split `test`: 2 rows at tag `v1`, 3 on `main`). Yields a namespace with `url`, `root` (its
+    hub-server.json sets faults) and `commits` ({"v1.0" | "main" | "dev" | "dataset v1": sha}); stopped at the end of the session."""
     from types import SimpleNamespace
 
     from tests import hub_server
@@ -157,6 +158,15 @@ def hub(tmp_path_factory, tiny_checkpoint):
     ):
         files_here = {k: v for k, v in {**files, **extra}.items() if v is not None}
         hub_server.git_repo(root / "models" / "org" / name, [("checkpoint", files_here)])
+    card = b"---\nconfigs:\n- config_name: tiny-raw-v1\n  data_files:\n  - split: test\n    path: tiny-raw-v1/test.jsonl\n---\n"
+    rows = [json.dumps({"text": t}).encode() + b"\n" for t in (" = Valkyria = \n", " The game began in 2010 .\n", "")]
+    commits["dataset v1"] = hub_server.git_repo(
+        root / "datasets" / "org" / "wikitext-tiny",
+        [
+            ("rows tag:v1", {"README.md": card, "tiny-raw-v1/test.jsonl": b"".join(rows[:2])}),
+            ("one more row", {"tiny-raw-v1/test.jsonl": b"".join(rows)}),
+        ],
+    )["v1"]
     access = {f"models/org/{kind}": {"kind": kind, "token": HUB_TOKEN} for kind in ("gated", "private")}
     (root / "hub-server.json").write_text(json.dumps({"access": access}))
     proc, url = hub_server.start(root)

@@ -1,6 +1,9 @@
 """The hub fetch over HTTP: stages.fetch against tests/hub_server.py (a hub-compatible server on 127.0.0.1)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -189,3 +192,16 @@ def test_a_lora_adapter_from_the_hub(project, hub, hub_lora, tmp_path, revision,
     assert m["sha256"] == sha256_file(lora / "adapter_model.safetensors")
     assert m["alpha"] == 8 / 4  # lora_alpha / r from the adapter_config.json that came along
     assert m["reference"]["perplexity"] != m["reference"]["perplexity_base"]
+
+
+def test_the_hub_server_serves_datasets_load_dataset_at_a_revision(hub, tmp_path):
+    """What the `datasets` source type (issue 14, part 2) will call: load_dataset through HF_ENDPOINT, pinned."""
+    code = (
+        "import sys, datasets; ds = datasets.load_dataset('org/wikitext-tiny', 'tiny-raw-v1', split='test', "
+        "revision=sys.argv[1]); print(len(ds), repr(ds[1]['text']))"
+    )
+    for revision, rows in (("v1", 2), ("main", 3), (hub.commits["dataset v1"], 2)):
+        env = {k: v for k, v in {**os.environ, **hub_env(hub.url, tmp_path / "hf-home")}.items() if v is not None}
+        proc = subprocess.run([sys.executable, "-c", code, revision], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.split("\n")[-2] == f"{rows} ' The game began in 2010 .\\n'", proc.stdout[-2000:]
