@@ -186,6 +186,7 @@ def hub_env(url: str, hf_home: Path) -> dict:
         "HF_DATASETS_OFFLINE": None,
         "HF_TOKEN": None,
         "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
         "HF_HUB_DISABLE_TELEMETRY": "1",
     }
 
