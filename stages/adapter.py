@@ -47,9 +47,13 @@ def fetch_hub(source: AdapterHub, out: Path) -> None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
-    where = f"source: {source.repo_id}@{source.revision}"
-    with user_input(f"{where} {source.filename}"):
-        shutil.copyfile(hf_hub_download(source.repo_id, source.filename, revision=source.revision), out / ADAPTER_FILE)
+    from stages.fetch import hub_error
+
+    try:
+        path = hf_hub_download(source.repo_id, source.filename, revision=source.revision)
+    except Exception as e:  # the model fetch's one line per hub failure (repo, revision, HF_TOKEN, file)
+        raise hub_error(e, source, source.filename) from e
+    shutil.copyfile(path, out / ADAPTER_FILE)
     try:
         config = hf_hub_download(
             source.repo_id,

@@ -19,7 +19,7 @@ from stages.core.errors import BuildError, run_stage, user_input
 from stages.core.io import atomic_dir, copy_tree, file_inventory, scratch_dir, sha256_file, write_json
 from stages.core.paths import checkpoint_dir, source_manifest_path
 from stages.core.runtime import log, package_version, setup_logging
-from stages.core.schema import CT2Source, GGUFSource, HubSource, LocalSource, ModelSpec, TinySource
+from stages.core.schema import AdapterHub, CT2Source, GGUFSource, HubSource, LocalSource, ModelSpec, TinySource
 from stages.params import load_stage_params, stage_parser
 
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle"]
@@ -310,7 +310,7 @@ def fetch_local(source: LocalSource, spec: ModelSpec, out: Path) -> dict:
     }
 
 
-def hub_error(e: Exception, source: HubSource) -> BuildError:
+def hub_error(e: Exception, source: HubSource | AdapterHub, filename: str | None = None) -> BuildError:
     """One line per hub failure, naming repo and revision (and HF_TOKEN where it matters, never its value)."""
     from huggingface_hub import errors
 
@@ -324,7 +324,7 @@ def hub_error(e: Exception, source: HubSource) -> BuildError:
     if isinstance(e, errors.LocalEntryNotFoundError):  # a subclass of EntryNotFoundError: first
         return BuildError(f"{where}: not in the local cache and the hub is unreachable (offline, or HF_ENDPOINT down)")
     if isinstance(e, errors.EntryNotFoundError):
-        return BuildError(f"{where}: file not found in the repository ({e})")
+        return BuildError(f"{where}: file not found in the repository: {filename or str(e).splitlines()[0]}")
     if isinstance(e, errors.HfHubHTTPError):
         status = getattr(getattr(e, "response", None), "status_code", None)
         hint = "; set HF_TOKEN" if status in (401, 403) else ""
@@ -349,6 +349,16 @@ def fetch_hub(source: HubSource, spec: ModelSpec, out: Path) -> dict:
         )
     except Exception as e:  # huggingface_hub and its HTTP client raise many types; all name this source
         raise hub_error(e, source) from e
+    # snapshot_download skips a file named in allow_patterns that the revision lacks: a file asked for by name
+    # must be there (the snapshot folder holds only files of its commit)
+    named = [p for p in source.allow_patterns or [] if not any(c in p for c in "*?[")]
+    missing = [p for p in named if not (snapshot / p).is_file() and not any(fnmatch(p, i) for i in ignore)]
+    if missing:
+        raise BuildError(
+            f"source: {source.repo_id}@{source.revision}: file not found in the repository: {', '.join(missing)}"
+        )
+    if not snapshot.is_dir():
+        raise BuildError(f"source: {source.repo_id}@{source.revision}: no file matches allow_patterns")
     # an offline cache may hold pickle files from an earlier permissive download: filter again
     copy_tree(snapshot, out, keep=lambda p: spec.allow_pickle or not is_pickle(p.name))
     # the hub cache names each snapshot folder after the commit it resolved to

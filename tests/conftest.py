@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import subprocess
@@ -128,6 +129,75 @@ def scaffold(root: Path, params: dict) -> Path:
     return root
 
 
+HUB_TOKEN = "hf_test_secret_0123456789abcdef"  # the token the hub server's gated and private repos accept
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory, tiny_checkpoint):
+    """A hub-compatible HTTP server (tests/hub_server.py) on 127.0.0.1 serving `org/tiny`: the tiny checkpoint
+    tagged `v1.0`, then a README on `main`, and a branch `dev` with a notes file; the checkpoint again as
+    `org/gated` and `org/private` (served with HUB_TOKEN only), `org/cut` (for dropped connections) and
+    `org/pickled` (with a pytorch_model.bin beside the safetensors) and `org/ir-draft` (an OpenVINO IR); the
+    dataset `org/wikitext-tiny` (config `tiny-raw-v1`, split `test`: 2 rows at tag `v1`, 3 on `main`). Yields a namespace with `url`, `root` (its
+    hub-server.json sets faults) and `commits` ({"v1.0" | "main" | "dev" | "dataset v1": sha}); stopped at the end of the session."""
+    from types import SimpleNamespace
+
+    from tests import hub_server
+
+    root = tmp_path_factory.mktemp("hub")
+    files = {p.name: p.read_bytes() for p in tiny_checkpoint.iterdir() if p.is_file()}
+    commits = hub_server.git_repo(
+        root / "models" / "org" / "tiny",
+        [
+            ("checkpoint tag:v1.0", files),
+            ("readme", {"README.md": b"# tiny\n"}),
+            ("notes branch:dev", {"notes.txt": b"dev only\n"}),
+        ],
+    )
+    commits["main"] = commits["readme"]
+    ir = {"openvino_model.xml": b"<net/>", "openvino_model.bin": bytes(64), "model.safetensors": None}
+    for name, extra in (
+        ("gated", {}),
+        ("private", {}),
+        ("cut", {}),
+        ("pickled", {"pytorch_model.bin": b"pickle"}),
+        ("ir-draft", ir),  # an OpenVINO IR repo (FastDraft style); the IR files are stand-ins, fetch does not read them
+    ):
+        files_here = {k: v for k, v in {**files, **extra}.items() if v is not None}
+        hub_server.git_repo(root / "models" / "org" / name, [("checkpoint", files_here)])
+    card = b"---\nconfigs:\n- config_name: tiny-raw-v1\n  data_files:\n  - split: test\n    path: tiny-raw-v1/test.jsonl\n---\n"
+    rows = [json.dumps({"text": t}).encode() + b"\n" for t in (" = Valkyria = \n", " The game began in 2010 .\n", "")]
+    commits["dataset v1"] = hub_server.git_repo(
+        root / "datasets" / "org" / "wikitext-tiny",
+        [
+            ("rows tag:v1", {"README.md": card, "tiny-raw-v1/test.jsonl": b"".join(rows[:2])}),
+            ("one more row", {"tiny-raw-v1/test.jsonl": b"".join(rows)}),
+        ],
+    )["v1"]
+    access = {f"models/org/{kind}": {"kind": kind, "token": HUB_TOKEN} for kind in ("gated", "private")}
+    (root / "hub-server.json").write_text(json.dumps({"access": access}))
+    proc, url = hub_server.start(root)
+    try:
+        yield SimpleNamespace(url=url, root=root, commits=commits)
+    finally:
+        hub_server.stop(proc)
+
+
+def hub_env(url: str, hf_home: Path) -> dict:
+    """The environment of a stage that talks to the hub at `url`: online, its own empty HF cache."""
+    return {
+        "HF_ENDPOINT": url,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": None,
+        "HF_HUB_OFFLINE": None,
+        "HF_DATASETS_OFFLINE": None,
+        "HF_TOKEN": None,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+
+
 @pytest.fixture
 def project(tmp_path, tiny_checkpoint, monkeypatch):
     """The pipeline on the tiny model in a temporary repo; cwd set to it."""
@@ -193,10 +263,10 @@ def write_params(root: Path, params: dict) -> Path:
 
 
 def run_stage(*args, cwd=None, check=True, env=None):
-    """Run `python -m stages.<...>` as DVC would; returns the CompletedProcess."""
-    proc = subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}
-    )
+    """Run `python -m stages.<...>` as DVC would; returns the CompletedProcess. `env` entries set to None are
+    removed from the environment."""
+    merged = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env=merged)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
