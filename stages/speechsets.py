@@ -23,7 +23,7 @@ from stages.core.paths import DATA, speech_set_dir
 from stages.core.runtime import log, setup_logging
 from stages.core.schema import FliteSpeech, HFSpeech, ManifestSpeech, SphinxSpeech
 from stages.core.speech import SAMPLE_RATE, load_audio, numbered_lines, read_manifest
-from stages.core.textdata import slice_text
+from stages.core.textdata import load_hub_split, slice_text
 from stages.params import Params, load_stage_params, stage_parser
 
 SPHINX_LINE = re.compile(r"^\s*(?:<s>)?\s*(?P<text>.*?)\s*(?:</s>)?\s*\((?P<id>[^()]+)\)\s*$")
@@ -72,11 +72,10 @@ def from_flite(spec: FliteSpeech, workdir: Path, key: str) -> list[dict]:
 def from_hf(spec: HFSpeech, workdir: Path, key: str) -> list[dict]:
     """A hub dataset split (needs the hub at HF_ENDPOINT or a warm `datasets` cache), streamed."""
     import soundfile as sf
-    from datasets import load_dataset
 
+    ds, origin = load_hub_split(spec, key, streaming=True)
     entries = []
-    with user_input(f"{key}: dataset {spec.path}" + (f" / {spec.name}" if spec.name else "") + f" split {spec.split}"):
-        ds = load_dataset(spec.path, spec.name, split=spec.split, streaming=True, revision=spec.revision)
+    with user_input(f"{key}: dataset {spec.path} split {spec.split}"):
         for i, row in enumerate(ds):
             if i >= spec.max_samples:
                 break
@@ -86,7 +85,7 @@ def from_hf(spec: HFSpeech, workdir: Path, key: str) -> list[dict]:
             audio = row[spec.audio_column]
             wav = workdir / f"hf-{i:05d}.wav"
             sf.write(str(wav), np.asarray(audio["array"], dtype=np.float32), audio["sampling_rate"])
-            entries.append({"audio": str(wav), "text": row[spec.text_column]})
+            entries.append({"audio": str(wav), "text": row[spec.text_column], "origin": origin})
     return entries
 
 
@@ -106,7 +105,10 @@ def build(name: str, spec) -> int:
 
     with tempfile.TemporaryDirectory() as work, atomic_dir(speech_set_dir(name)) as out:
         lines = []
-        for i, entry in enumerate(collect(spec, Path(work), f"speech_sets.{name}")):
+        entries = collect(spec, Path(work), f"speech_sets.{name}")
+        if not entries:
+            raise BuildError(f"speech_sets.{name}: no utterances")
+        for i, entry in enumerate(entries):
             if not entry["text"].strip():
                 raise BuildError(f"{entry['audio']}: empty reference text")
             audio = load_audio(Path(entry["audio"]), entry.get("sampling_rate"))
@@ -114,6 +116,8 @@ def build(name: str, spec) -> int:
             sf.write(str(out / wav), audio, SAMPLE_RATE, subtype="PCM_16")
             lines.append(json.dumps({"audio": wav, "text": entry["text"].strip(), "source": Path(entry["audio"]).name}))
         (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+        if entries[0].get("origin"):  # a hub dataset: which commit the utterances came from
+            (out / "origin.json").write_text(json.dumps(entries[0]["origin"], indent=2) + "\n")
     return len(lines)
 
 

@@ -138,8 +138,8 @@ def hub(tmp_path_factory, tiny_checkpoint):
     tagged `v1.0`, then a README on `main`, and a branch `dev` with a notes file; the checkpoint again as
     `org/gated` and `org/private` (served with HUB_TOKEN only), `org/cut` (for dropped connections) and
     `org/pickled` (with a pytorch_model.bin beside the safetensors) and `org/ir-draft` (an OpenVINO IR); the
-    dataset `org/wikitext-tiny` (config `tiny-raw-v1`, split `test`: 2 rows at tag `v1`, 3 on `main`). Yields a namespace with `url`, `root` (its
-    hub-server.json sets faults) and `commits` ({"v1.0" | "main" | "dev" | "dataset v1": sha}); stopped at the end of the session."""
+    dataset `org/wikitext-tiny` (config `tiny-raw-v1`, split `test`: 2 rows at tag `v1`, 3 on `main`) and `org/eval-text` (EVAL_TEXT, a sentence per row, tag `v1`). Yields a namespace with `url`, `root` (its
+    hub-server.json sets faults) and `commits` ({"v1.0" | "main" | "dev" | "dataset v1" | "eval v1": sha}); stopped at the end of the session."""
     from types import SimpleNamespace
 
     from tests import hub_server
@@ -173,6 +173,12 @@ def hub(tmp_path_factory, tiny_checkpoint):
             ("rows tag:v1", {"README.md": card, "tiny-raw-v1/test.jsonl": b"".join(rows[:2])}),
             ("one more row", {"tiny-raw-v1/test.jsonl": b"".join(rows)}),
         ],
+    )["v1"]
+    sentences = [json.dumps({"text": s.strip() + "."}).encode() + b"\n" for s in EVAL_TEXT.split(".") if s.strip()]
+    eval_card = b"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: test\n    path: test.jsonl\n---\n"
+    commits["eval v1"] = hub_server.git_repo(
+        root / "datasets" / "org" / "eval-text",
+        [("sentences tag:v1", {"README.md": eval_card, "test.jsonl": b"".join(sentences)})],
     )["v1"]
     access = {f"models/org/{kind}": {"kind": kind, "token": HUB_TOKEN} for kind in ("gated", "private")}
     (root / "hub-server.json").write_text(json.dumps({"access": access}))

@@ -24,41 +24,46 @@ def read_text_file(path: Path, key: str) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def hf_text(spec: HFTextSet, key: str) -> tuple[str, dict]:
-    """Rows of a `datasets` split joined by newlines, and the dataset's resolved revision."""
+def load_hub_split(spec, key: str, split: str | None = None, streaming: bool = False):
+    """A `datasets` split pinned to the commit its revision resolves to now (asked first, so an unknown dataset or
+    revision, a missing token or a hub that is down is one line instead of `datasets`' retries), and its origin."""
     from datasets import load_dataset
 
-    with user_input(
-        f"{key}: dataset {spec.path}"
-        + (f" / {spec.name}" if spec.name else "")
-        + f" split {spec.split}"
-        + (f" @ {spec.revision}" if spec.revision else "")
-    ):
-        split = spec.split if spec.max_samples is None else f"{spec.split}[:{spec.max_samples}]"
-        ds = load_dataset(spec.path, spec.name, split=split, revision=spec.revision)
-        if spec.column not in ds.column_names:
-            raise BuildError(
-                f"{key}.column: '{spec.column}' is not a column of {spec.path} (columns: {', '.join(ds.column_names)})"
-            )
-        text = "\n".join(str(x) for x in ds[spec.column])
-    return text, {
+    where = f"{key}: dataset {spec.path}" + (f" / {spec.name}" if spec.name else "") + f" split {spec.split}"
+    with user_input(where + (f" @ {spec.revision}" if spec.revision else "")):
+        resolved = dataset_revision(spec)
+        ds = load_dataset(
+            spec.path, spec.name, split=split or spec.split, revision=resolved or spec.revision, streaming=streaming
+        )
+    origin = {
         "dataset": spec.path,
         "name": spec.name,
         "split": spec.split,
-        "rows": len(ds),
         "requested_revision": spec.revision,
-        "resolved_revision": dataset_revision(spec),
+        "resolved_revision": resolved,
     }
+    return ds, origin
 
 
 def dataset_revision(spec) -> str | None:
-    """The commit a hub dataset resolved to (None when it is a local folder or the hub is unreachable offline)."""
-    if Path(spec.path).exists():
-        return None
-    from huggingface_hub import HfApi
+    """The commit a hub dataset's revision resolves to; None for a local folder or offline (HF_HUB_OFFLINE: the
+    `datasets` cache answers)."""
+    from huggingface_hub import HfApi, constants
 
-    with user_input(f"dataset {spec.path}"):
-        return HfApi().dataset_info(spec.path, revision=spec.revision).sha
+    if Path(spec.path).exists() or constants.HF_HUB_OFFLINE:
+        return None
+    return HfApi().dataset_info(spec.path, revision=spec.revision).sha
+
+
+def hf_text(spec: HFTextSet, key: str) -> tuple[str, dict]:
+    """Rows of a `datasets` split joined by newlines, and where they came from (with the resolved revision)."""
+    split = spec.split if spec.max_samples is None else f"{spec.split}[:{spec.max_samples}]"
+    ds, origin = load_hub_split(spec, key, split)
+    if spec.column not in ds.column_names:
+        raise BuildError(
+            f"{key}.column: '{spec.column}' is not a column of {spec.path} (columns: {', '.join(ds.column_names)})"
+        )
+    return "\n".join(str(x) for x in ds[spec.column]), {**origin, "rows": len(ds)}
 
 
 def slice_text(spec: TextSet | HFTextSet, key: str) -> tuple[str, dict]:

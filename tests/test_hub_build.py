@@ -1,0 +1,72 @@
+"""The online path end to end: a model and an eval set served over HTTP by the local hub server (tests/hub_server.py),
+through `dvc repro` (fetch -> export -> validate -> gate), and the `datasets` text sets' errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import assert_nothing_written, error_line, hub_env, run_stage, write_params
+
+
+def online(project, hub, *, dataset="org/eval-text", revision="v1", column="text", build=("tiny/fp16", "tiny/int8")):
+    """The tiny project with its model from org/tiny@v1.0 and its eval and calibration text from a hub dataset."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["models"]["tiny"]["source"] = {"type": "hub", "repo_id": "org/tiny", "revision": "v1.0"}
+    text = {"type": "hf", "path": dataset, "split": "test", "column": column, "revision": revision, "max_chars": 2000}
+    params["eval_sets"] = {"text": text}
+    params["calibration"] = {"calib": {**text, "max_samples": 6}}
+    params["build"] = list(build)
+    write_params(project, params)
+
+
+def test_fetch_export_validate_gate_over_http_record_the_commit_and_dataset_revision(project, hub, tmp_path):
+    online(project, hub)
+    env = {k: v for k, v in {**os.environ, **hub_env(hub.url, tmp_path / "hf-home")}.items() if v is not None}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "gate"], cwd=project, capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    checkpoint = json.loads((project / "models/tiny/checkpoint/manifest.json").read_text())
+    assert (checkpoint["requested_revision"], checkpoint["resolved_revision"]) == ("v1.0", hub.commits["v1.0"])
+    sets = {
+        folder: json.loads((project / f"data/{folder}/manifest.json").read_text()) for folder in ("eval", "calibration")
+    }
+    assert sets["eval"]["text"]["resolved_revision"] == hub.commits["eval v1"]
+    assert sets["eval"]["text"]["rows"] == 18 and sets["calibration"]["calib"]["rows"] == 6
+    assert (project / "data/eval/text.txt").read_text().startswith("The committee met on Tuesday")
+    gate = json.loads((project / "metrics/gate.json").read_text())
+    assert gate["passed"], gate
+    for variant in ("fp16", "int8"):
+        cpu = json.loads((project / f"metrics/validate/tiny/{variant}.json").read_text())["devices"]["CPU"]
+        assert cpu["status"] == "validated" and cpu["metrics"]["perplexity"] > 1, cpu
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"column": "body"}, "eval_sets.text.column: 'body' is not a column of org/eval-text (columns: text)"),
+        ({"revision": "v9"}, "eval_sets.text: dataset org/eval-text split test @ v9:"),
+        ({"dataset": "org/missing"}, "eval_sets.text: dataset org/missing split test @ v1:"),
+    ],
+)
+def test_a_bad_dataset_is_one_line_and_nothing_is_written(project, hub, tmp_path, change, expected):
+    online(project, hub, **change)
+    proc = run_stage("stages.evalsets", check=False, env=hub_env(hub.url, tmp_path / "hf-home"))
+    assert error_line(proc).startswith(f"error: {expected}"), error_line(proc)
+    assert_nothing_written(project / "data/eval")
+    assert_nothing_written(project / "data/calibration")
+
+
+def test_a_dataset_with_the_hub_down_is_one_line(project, tmp_path):
+    from tests.hub_server import free_port
+
+    online(project, None)
+    proc = run_stage("stages.evalsets", check=False, env=hub_env(f"http://127.0.0.1:{free_port()}", tmp_path / "h"))
+    assert error_line(proc).startswith("error: eval_sets.text: dataset org/eval-text split test @ v1:"), error_line(
+        proc
+    )
+    assert_nothing_written(project / "data/eval")
