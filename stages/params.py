@@ -39,7 +39,7 @@ from stages.core.schema import (
 
 NOT_A_FAMILY = {"scorer"}  # models that score others (CLIP, sentence embeddings): fetched, never exported
 SPECULATIVE = "speculative"  # rules on draft/main pairs and prompt lookup
-SPECULATIVE_METRICS = ("output_match", "acceptance_rate", "draft_share")
+SPECULATIVE_METRICS = ("output_match", "acceptance_rate", "draft_share", "tokens_per_step")
 SOURCE = "source"
 CPU_PATH = "cpu-path"  # an NPU target's artifact through the CPU plugin (see stages.core.devices)
 CHECKED_PATH = DATA / "params.checked"  # the params stage's output: constant, so it only orders the pipeline

@@ -119,7 +119,7 @@ def drafts_of(params: Params, gate: dict, artifact: str) -> list[dict]:
                     "draft": getattr(pair, "draft", "prompt lookup"),
                     "output_match": fmt(rec["metrics"].get("output_match")),
                     "acceptance": fmt(rec["metrics"].get("acceptance_rate"), ".3f"),
-                    "setting": ", ".join(f"{k}={v}" for k, v in rec.get("best_setting", {}).items()),
+                    "setting": ", ".join(f"{k}={v}" for k, v in (rec.get("best_setting") or {}).items()),
                 }
             )
     return found
@@ -176,7 +176,7 @@ def draft_context(params: Params, gate: dict, artifact: str) -> dict:
                 "status": rec["status"],
                 "output_match": fmt(m.get("output_match")),
                 "acceptance": fmt(m.get("acceptance_rate"), ".3f"),
-                "setting": ", ".join(f"{k}={v}" for k, v in rec.get("best_setting", {}).items()) or "-",
+                "setting": ", ".join(f"{k}={v}" for k, v in (rec.get("best_setting") or {}).items()) or "-",
             }
         )
         if rec["status"] == "validated" and not [

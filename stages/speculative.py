@@ -21,7 +21,15 @@ from stages.core.runtime import available_devices, device_name, device_present, 
 from stages.families.llm import speculative_settings, speculative_sweep
 from stages.params import Params, stage_parser
 
-ACCURACY = ("output_match", "acceptance_rate", "draft_share", "accepted_tokens", "proposed_tokens", "mismatches")
+ACCURACY = (
+    "output_match",
+    "acceptance_rate",
+    "draft_share",
+    "tokens_per_step",
+    "accepted_tokens",
+    "proposed_tokens",
+    "mismatches",
+)
 SPEED = ("tpot_ms", "throughput_tok_s", "generated_tokens", "tpot_speedup", "throughput_ratio")
 
 
@@ -34,11 +42,14 @@ def prompts_for(params: Params, name: str) -> list[str]:
     return s.prompts
 
 
-def headline(sweep: list[dict], speed: bool) -> dict:
-    """The best setting: fastest (speed) or most accepted with identical output (accuracy)."""
-    matching = [s for s in sweep if s["output_match"] == 1.0] or sweep
-    key = (lambda s: s["tpot_speedup"]) if speed else (lambda s: s["acceptance_rate"] or 0.0)
-    return max(matching, key=key)
+def headline(sweep: list[dict], speed: bool) -> dict | None:
+    """The best setting among those that keep the main's greedy output: fastest (speed) or most accepted
+    (accuracy). None when no setting keeps it (speed); for accuracy, then the closest to the main's output, so the
+    gate fails on its output_match."""
+    matching = [s for s in sweep if s["output_match"] == 1.0]
+    if speed:
+        return max(matching, key=lambda s: s["tpot_speedup"]) if matching else None
+    return max(matching or sweep, key=lambda s: (s["output_match"], s["acceptance_rate"] or s["draft_share"] or 0.0))
 
 
 def setting_of(entry: dict) -> dict:
@@ -107,7 +118,7 @@ def run_sweep(params: Params, name: str, main: dict, draft: dict, speed: bool) -
         None if lookup else Path(draft["path"]),
         main["device"],
         draft["device"],
-        {"INFERENCE_PRECISION_HINT": precision},
+        {"INFERENCE_PRECISION_HINT": precision, **s.plugin_config},
         prompts_for(params, name),
         s.max_new_tokens,
         settings,
@@ -115,6 +126,16 @@ def run_sweep(params: Params, name: str, main: dict, draft: dict, speed: bool) -
     keep = SPEED if speed else ACCURACY
     sweep = [{**setting_of(e), **{k: e[k] for k in keep}} for e in run["sweep"]]
     best = headline(run["sweep"], speed)
+    if best is None:
+        return {
+            "status": "validated",
+            "inference_precision": precision,
+            "best_setting": None,
+            "metrics": {},
+            "reason": "no setting keeps the main's greedy output: no speed is reported for this pair",
+            "sweep": sweep,
+            "baseline": run["baseline"],
+        }
     metrics = {k: best[k] for k in keep if k != "mismatches"}
     extra = (
         {
@@ -127,6 +148,7 @@ def run_sweep(params: Params, name: str, main: dict, draft: dict, speed: bool) -
     return {
         "status": "validated",
         "inference_precision": precision,
+        "plugin_config": s.plugin_config,
         "best_setting": setting_of(best),
         "metrics": metrics,
         "sweep": sweep,

@@ -33,8 +33,9 @@ def speculative_params(main, other, text) -> dict:
         "good": {"main": "tiny/fp16", "draft": "tiny-d1/int8"},
         "bad": {"main": "tiny/fp16", "draft": "other/int8", "expect": "incompatible"},
     }
+    p["prompt_lookup"] = {"lookup": {"main": "tiny/fp16"}}
     p["validate"]["speculative"] = {
-        "prompts": ["Paris is", "def main():"],
+        "prompts": ["Paris is", "def main():", "a b c a b c a b c a b"],
         "max_new_tokens": 8,
         "num_assistant_tokens": [2, 4],
         "assistant_confidence_thresholds": [0.3],
@@ -102,6 +103,29 @@ def test_compatible_pair_is_validated_with_identical_greedy_output(built):
     assert perf["metrics"]["tpot_ms"] > 0 and perf["baseline"]["tpot_ms"] > 0 and perf["metrics"]["tpot_speedup"] > 0
     assert [s.get("num_assistant_tokens", s.get("assistant_confidence_threshold")) for s in rec["sweep"]] == [2, 4, 0.3]
     assert all(s["proposed_tokens"] > 0 for s in rec["sweep"])
+
+
+def test_prompt_lookup_records_accepted_tokens_from_its_steps_and_no_invented_proposals(built):
+    root, _ = built
+    rec = read(root, "metrics/validate/pairs/lookup.json")
+    assert rec["status"] == "validated" and rec["draft"] == "prompt-lookup", rec
+    for s in rec["sweep"]:
+        assert s["output_match"] == 1.0, s["mismatches"]
+        # genai reports no proposal count in this mode: acceptance is unknown, never 0
+        assert s["proposed_tokens"] is None and s["acceptance_rate"] is None
+        assert s["accepted_tokens"] >= 0 and s["tokens_per_step"] >= 1.0
+        assert s["draft_share"] == pytest.approx(1 - 1 / s["tokens_per_step"])
+
+
+def test_headline_is_never_a_setting_that_changes_the_output():
+    from stages.speculative import headline
+
+    keeps = {"output_match": 1.0, "acceptance_rate": 0.2, "draft_share": 0.1, "tpot_speedup": 1.1}
+    changes = {"output_match": 0.5, "acceptance_rate": 0.9, "draft_share": 0.6, "tpot_speedup": 2.0}
+    assert headline([keeps, changes], speed=False) is keeps and headline([keeps, changes], speed=True) is keeps
+    worse = {**changes, "output_match": 0.25}
+    assert headline([worse, changes], speed=True) is None  # no speed for a pair that cannot keep the output
+    assert headline([worse, changes], speed=False) is changes  # the closest; the gate fails on its output_match
 
 
 def test_mismatched_draft_is_refused_with_a_diff_and_the_gate_accepts_the_negative_control(built):

@@ -571,6 +571,15 @@ def speculative_pipeline(main: Path, draft: Path | None, main_device: str, draft
     )
 
 
+def proposal_counts(perf, sd: list, generated: int) -> tuple[int, int | None]:
+    """Accepted and proposed tokens. A draft model's counters come with each result; prompt lookup leaves them
+    empty, but each of its main-model steps emits the main's own token plus the accepted proposals (raw
+    m_batch_sizes: tokens per step), so accepted = generated - steps; what it proposed is not reported (None)."""
+    if sd:
+        return sum(x.get_num_accepted_tokens() for x in sd), sum(x.get_num_draft_tokens() for x in sd)
+    return generated - len(perf.raw_metrics.m_batch_sizes), None
+
+
 def speculative_sweep(
     main: Path,
     draft: Path | None,
@@ -594,9 +603,8 @@ def speculative_sweep(
     for setting in settings:
         label = ", ".join(f"{k}={v}" for k, v in setting.items())
         texts, perf, sd = generate_all(pipe, prompts, greedy(max_new_tokens, **setting), label)
-        accepted = sum(x.get_num_accepted_tokens() for x in sd)
-        proposed = sum(x.get_num_draft_tokens() for x in sd)
         t = timing(perf)
+        accepted, proposed = proposal_counts(perf, sd, t["generated_tokens"])
         sweep.append(
             {
                 **setting,
@@ -608,9 +616,13 @@ def speculative_sweep(
                     if a != b
                 ],
                 "accepted_tokens": int(accepted),
-                "proposed_tokens": int(proposed),
+                "proposed_tokens": None if proposed is None else int(proposed),
                 "acceptance_rate": accepted / proposed if proposed else None,
                 "draft_share": accepted / t["generated_tokens"] if t["generated_tokens"] else None,
+                # accepted proposals + the main's own token per verification step
+                "tokens_per_step": t["generated_tokens"] / (t["generated_tokens"] - accepted)
+                if t["generated_tokens"] > accepted
+                else None,
                 "tpot_speedup": baseline["tpot_ms"] / t["tpot_ms"],
                 "throughput_ratio": t["throughput_tok_s"] / baseline["throughput_tok_s"],
             }
