@@ -47,7 +47,7 @@ def fetch_hub(source: AdapterHub, out: Path) -> None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
-    from stages.fetch import hub_error
+    from stages.core.hub import hub_error
 
     try:
         path = hf_hub_download(source.repo_id, source.filename, revision=source.revision)

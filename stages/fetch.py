@@ -16,10 +16,11 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from stages.core.errors import BuildError, run_stage, user_input
+from stages.core.hub import hub_error
 from stages.core.io import atomic_dir, copy_tree, file_inventory, scratch_dir, sha256_file, write_json
 from stages.core.paths import checkpoint_dir, source_manifest_path
 from stages.core.runtime import log, package_version, setup_logging
-from stages.core.schema import AdapterHub, CT2Source, GGUFSource, HubSource, LocalSource, ModelSpec, TinySource
+from stages.core.schema import CT2Source, GGUFSource, HubSource, LocalSource, ModelSpec, TinySource
 from stages.params import load_stage_params, stage_parser
 
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle"]
@@ -308,28 +309,6 @@ def fetch_local(source: LocalSource, spec: ModelSpec, out: Path) -> dict:
         "resolved_revision": None,
         "inputs": [origin(source.path, src) | {"files": len(list(out.rglob("*")))}],
     }
-
-
-def hub_error(e: Exception, source: HubSource | AdapterHub, filename: str | None = None) -> BuildError:
-    """One line per hub failure, naming repo and revision (and HF_TOKEN where it matters, never its value)."""
-    from huggingface_hub import errors
-
-    where = f"source: {source.repo_id}@{source.revision}"
-    if isinstance(e, errors.GatedRepoError):
-        return BuildError(f"{where}: gated repository; accept its terms on the hub and set HF_TOKEN")
-    if isinstance(e, errors.RevisionNotFoundError):
-        return BuildError(f"{where}: revision '{source.revision}' not found in {source.repo_id}")
-    if isinstance(e, errors.RepositoryNotFoundError):
-        return BuildError(f"{where}: repository not found, or private and HF_TOKEN is not set / not allowed")
-    if isinstance(e, errors.LocalEntryNotFoundError):  # a subclass of EntryNotFoundError: first
-        return BuildError(f"{where}: not in the local cache and the hub is unreachable (offline, or HF_ENDPOINT down)")
-    if isinstance(e, errors.EntryNotFoundError):
-        return BuildError(f"{where}: file not found in the repository: {filename or str(e).splitlines()[0]}")
-    if isinstance(e, errors.HfHubHTTPError):
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        hint = "; set HF_TOKEN" if status in (401, 403) else ""
-        return BuildError(f"{where}: hub request failed (HTTP {status}){hint}")
-    return BuildError(f"{where}: download failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
 
 
 def fetch_hub(source: HubSource, spec: ModelSpec, out: Path) -> dict:

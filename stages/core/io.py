@@ -64,11 +64,7 @@ def disk_full(folder: Path, margin: int = 1 << 20) -> bool:
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a scratch directory that replaces `final` only if the block completes; nothing is left otherwise."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(final)
-    tmp = temp_sibling(final)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = fresh_temp_dir(final)
     try:
         with output_errors(final):
             yield tmp
@@ -85,16 +81,22 @@ def scratch_dir(name: Path) -> Iterator[Path]:
     """A work folder `.<name>.tmp-<pid>` next to the outputs (not in the system temp folder, where a killed run's
     scratch would stay for good): ignored by git and DVC, removed at the end and, if a run died, by the next one."""
     name = Path(name)
-    name.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(name)
-    tmp = temp_sibling(name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = fresh_temp_dir(name)
     try:
         with output_errors(name):
             yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fresh_temp_dir(beside: Path) -> Path:
+    """An empty temp sibling of `beside`, after removing what dead runs left next to it."""
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(beside)
+    tmp = temp_sibling(beside)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
 
 
 def write_bytes(path: Path, data: bytes) -> None:
