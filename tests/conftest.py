@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,80 @@ def hub(tmp_path_factory, tiny_checkpoint):
     proc, url = hub_server.start(root)
     try:
         yield SimpleNamespace(url=url, root=root, commits=commits)
+    finally:
+        hub_server.stop(proc)
+
+
+# An S3 server (moto) for the DVC remote tests. The keys are fake: moto accepts any. NO_PROXY keeps the
+# 127.0.0.1 endpoint off any proxy; AWS_PROFILE / AWS_SESSION_TOKEN from the caller would override the keys.
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing-access-key",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_PROFILE": None,
+    "AWS_SESSION_TOKEN": None,
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
+S3_BUCKET = "ov-build-remote"
+# moto's server (a Flask app) in its own process on 127.0.0.1; it exits by itself when its parent is gone.
+_S3_SERVER = """
+import os, sys, time
+from moto.server import ThreadedMotoServer
+parent = os.getppid()
+ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False).start()
+while os.getppid() == parent:
+    time.sleep(1)
+"""
+
+
+def with_env(extra: dict) -> dict:
+    """os.environ with `extra` applied; entries set to None are removed."""
+    return {k: v for k, v in {**os.environ, **extra}.items() if v is not None}
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3-compatible server: moto's, as a subprocess bound to 127.0.0.1 on a free port, with the bucket
+    S3_BUCKET. Yields a namespace with `url` (the endpoint), `bucket`, `env` (S3_ENV: fake keys, NO_PROXY; None
+    = unset) and `client` (a boto3 S3 client on it); stopped at the end of the session."""
+    from types import SimpleNamespace
+
+    import boto3
+    from botocore.config import Config
+
+    from tests import hub_server
+
+    root = tmp_path_factory.mktemp("s3")
+    port = hub_server.free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = root / "moto-server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _S3_SERVER, str(port)], stdout=log, stderr=log, env=with_env(S3_ENV)
+        )
+    try:
+        client = boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name=S3_ENV["AWS_DEFAULT_REGION"],
+            aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+            config=Config(proxies={}, retries={"max_attempts": 1}, connect_timeout=2, read_timeout=30),
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto server exited ({proc.returncode}): {log_path.read_text()[-2000:]}")
+            try:
+                client.list_buckets()
+                break
+            except Exception as e:  # not listening yet: botocore's EndpointConnectionError and kin
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server not answering on {url} after 30 s: {e}") from None
+                time.sleep(0.2)
+        client.create_bucket(Bucket=S3_BUCKET)
+        yield SimpleNamespace(url=url, bucket=S3_BUCKET, env=dict(S3_ENV), client=client)
     finally:
         hub_server.stop(proc)
 

@@ -1,7 +1,8 @@
 """Many hosts, one DVC remote; queued experiments. Each test works on the tiny pipeline in temporary git repos.
 
-Hosts are sibling clones in one temp dir sharing a local-directory remote (`<tmp>/remote`, never the repo's own
-default remote):
+Hosts are sibling clones in one temp dir sharing an S3 remote: a bucket on a moto S3 server on 127.0.0.1 (conftest's
+`s3`), set up with the README's two commands (`dvc remote add -f -d shared s3://BUCKET/PREFIX`, `dvc remote modify
+shared endpointurl URL`), never the repo's own default remote. Remote contents are checked by listing the bucket:
   A  build-only host (OVBUILD_DEVICES=""): fetches and exports everything, validates nothing, pushes.
   B  `git clone` of A with the CPU: pulls, re-validates, exports nothing; pushes its run-cache, commits.
   C  `git clone` of B with B's devices: runs nothing but `devices`.
@@ -10,7 +11,6 @@ default remote):
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -20,16 +20,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import EVAL_TEXT, scaffold, tiny_params
+from tests.conftest import EVAL_TEXT, S3_ENV, scaffold, tiny_params, with_env
 
 VARIANTS = ["fp16", "int4"]  # the tiny params' int4 has group_size 32
 GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"]
 
 
 def host_env(devices=None) -> dict:
-    """This process's env (venv first on PATH, offline), no network chatter from DVC; `devices` narrows
-    OVBUILD_DEVICES ("" = a build-only host), None = every device OpenVINO sees."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DVC_NO_UPDATER": "1", "HF_HUB_OFFLINE": "1"}
+    """This process's env (venv first on PATH, offline) with the S3 remote's fake keys and NO_PROXY, no network
+    chatter from DVC; `devices` narrows OVBUILD_DEVICES ("" = a build-only host), None = every device OpenVINO sees."""
+    env = with_env({**S3_ENV, "DVC_NO_ANALYTICS": "1", "DVC_NO_UPDATER": "1", "HF_HUB_OFFLINE": "1"})
     env.pop("OVBUILD_DEVICES", None)
     if devices is not None:
         env["OVBUILD_DEVICES"] = devices
@@ -80,13 +80,35 @@ def lock_md5(repo: Path, stage: str, out: str) -> str:
     return next(o["md5"] for o in outs if o["path"] == out)
 
 
-def remote_object(remote: Path, md5: str) -> Path:
-    return remote / "files" / "md5" / md5[:2] / md5[2:]
+def remote_keys(s3, prefix: str) -> set[str]:
+    """The key of every object in the bucket below `prefix` (the remote's path), relative to it."""
+    keys, token = set(), {}
+    while True:
+        page = s3.client.list_objects_v2(Bucket=s3.bucket, Prefix=f"{prefix}/", **token)
+        keys |= {o["Key"].removeprefix(f"{prefix}/") for o in page.get("Contents", [])}
+        if not page.get("IsTruncated"):
+            return keys
+        token = {"ContinuationToken": page["NextContinuationToken"]}
+
+
+def remote_read(s3, prefix: str, key: str) -> bytes:
+    return s3.client.get_object(Bucket=s3.bucket, Key=f"{prefix}/{key}")["Body"].read()
+
+
+def remote_object(md5: str) -> str:
+    """The key of a cached object (file, or a directory's .dir listing), relative to the remote's path."""
+    return f"files/md5/{md5[:2]}/{md5[2:]}"
+
+
+def under(keys: set[str], path: str) -> set[str]:
+    """The keys at `path` or below it, as a folder: what `Path.exists()` would find in a local remote."""
+    return {k for k in keys if k == path or k.startswith(f"{path}/")}
 
 
 @pytest.fixture(scope="module")
-def host_a(tmp_path_factory, tiny_checkpoint):
-    """Build-only host A: full `dvc repro` with no devices, pushed (data + run-cache) to <tmp>/remote, committed."""
+def host_a(tmp_path_factory, tiny_checkpoint, s3):
+    """Build-only host A: full `dvc repro` with no devices, pushed (data + run-cache) to the S3 remote
+    s3://<bucket>/<hosts dir name>, committed."""
     base = tmp_path_factory.mktemp("hosts")
     text = base / "eval.txt"
     text.write_text(EVAL_TEXT)
@@ -104,17 +126,22 @@ def host_a(tmp_path_factory, tiny_checkpoint):
     assert {"fetch@tiny", "export@tiny/fp16", "export@tiny/int4", "validate@tiny/fp16"} <= ran(out)
     assert read_json(repo / "data/devices.json")["devices"] == []
 
-    remote = base / "remote"
-    dvc("remote", "add", "-d", "shared", str(remote), cwd=repo)
+    dvc("remote", "add", "-f", "-d", "shared", f"s3://{s3.bucket}/{base.name}", cwd=repo)
+    dvc("remote", "modify", "shared", "endpointurl", s3.url, cwd=repo)
+    assert not remote_keys(s3, base.name)  # this module's remote starts empty
     dvc("push", cwd=repo)
     dvc("push", "--run-cache", cwd=repo)
+    keys = remote_keys(s3, base.name)  # the pushes landed in the bucket: A's exports and its run-cache
+    for variant in VARIANTS:
+        assert remote_object(lock_md5(repo, f"export@tiny/{variant}", f"models/tiny/{variant}")) in keys
+    assert under(keys, "runs"), sorted(keys)[:20]
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "build-only host A: exported, not validated", cwd=repo)
     return repo
 
 
-def test_two_clones_share_one_remote(host_a):
-    base, remote = host_a.parent, host_a.parent / "remote"
+def test_two_clones_share_one_remote(host_a, s3):
+    base, prefix = host_a.parent, host_a.parent.name
     a_record = read_json(host_a / "metrics/validate/tiny/fp16.json")
     assert a_record["status"] == "not_validated"
     assert a_record["devices"]["CPU"]["status"] == "not_validated"
@@ -162,11 +189,12 @@ def test_two_clones_share_one_remote(host_a):
     fp16_metrics = "metrics/validate/tiny/fp16.json"
     b_metrics_md5 = lock_md5(b, "validate@tiny/fp16", fp16_metrics)
     b_outputs_md5 = lock_md5(b, "validate@tiny/fp16", "outputs/tiny/fp16")
-    runs = [yaml.safe_load(p.read_text()) for p in (remote / "runs").rglob("*") if p.is_file()]
+    keys = remote_keys(s3, prefix)
+    runs = [yaml.safe_load(remote_read(s3, prefix, k)) for k in sorted(under(keys, "runs"))]
     b_runs = [r for r in runs if any(o["path"] == fp16_metrics and o["md5"] == b_metrics_md5 for o in r["outs"])]
     assert b_runs, "B's validate@tiny/fp16 run is not in the remote's run-cache"
-    assert remote_object(remote, b_outputs_md5).is_file()  # the cached output of that run was pushed ...
-    assert not remote_object(remote, b_metrics_md5).exists()  # ... its cache: false metrics were not
+    assert remote_object(b_outputs_md5) in keys  # the cached output of that run was pushed ...
+    assert not under(keys, remote_object(b_metrics_md5))  # ... its cache: false metrics were not
 
     d = base / "D"
     run(["git", "clone", "-q", str(host_a), str(d)], base)
