@@ -5,7 +5,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 VENV := .venv/bin
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup all repro regress test bench publish
+.PHONY: setup all repro regress test test-fast bench publish
 
 setup:
 	bash scripts/setup.sh
@@ -30,6 +30,11 @@ test: setup
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	HF_HUB_OFFLINE=1 $(VENV)/python -m pytest -q --durations=12
+
+# The edit-loop tier (after `make setup` once): params, gate, regression, fetch, tokenizer and input-error tests;
+# no real weights, no dvc repro, no export. `make test` runs these and everything else.
+test-fast:
+	HF_HUB_OFFLINE=1 $(VENV)/python -m pytest -q -m "fast and not slow"
 
 bench: setup
 	$(VENV)/python benchmarks/llm_speed.py

@@ -4,7 +4,10 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
 import yaml
+
+pytestmark = pytest.mark.fast  # the edit-loop tier (make test-fast): no real weights, no dvc repro, no export
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = [ROOT / "dvc.yaml", ROOT / "perf" / "dvc.yaml"]

@@ -8,6 +8,8 @@ import yaml
 from stages.core.io import sha256_file
 from tests.conftest import assert_nothing_written, error_line, run_stage, write_params
 
+pytestmark = pytest.mark.fast  # the edit-loop tier (make test-fast): no real weights, no dvc repro, no export
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -129,6 +131,7 @@ def test_gguf_parts_are_concatenated_and_sha256_checked_before_loading(project, 
     assert not any(tmp.iterdir())
 
 
+@pytest.mark.slow  # the real Gemma 3 GGUF
 def test_gemma_gguf_tokenizer_matches_sentencepiece(tmp_path):
     """The real Gemma 3 270M GGUF (setup.sh installs its four parts); expected ids are SentencePiece's encodings
     with the GGUF's pieces and scores."""

@@ -11,6 +11,8 @@ from stages.check_params import load_checked
 from stages.params import load_params
 from tests.conftest import run_stage, write_params
 
+pytestmark = pytest.mark.fast  # the edit-loop tier (make test-fast): no real weights, no dvc repro, no export
+
 
 def record(project, variant, devices=None, absent=(), **metrics):
     """A validation record as stages.validate writes it: validated on CPU (or on `devices`, {device: level}),

@@ -11,6 +11,8 @@ import yaml
 from stages.core.errors import BuildError
 from tests.conftest import assert_nothing_written, error_line, prepare, run_stage, write_params
 
+pytestmark = pytest.mark.fast  # the edit-loop tier (make test-fast): no real weights, no dvc repro, no export
+
 
 @pytest.fixture
 def tiny_ir(tmp_path):

@@ -13,6 +13,8 @@ from stages.core.errors import BuildError
 from stages.params import load_params
 from tests.conftest import REPO, assert_nothing_written, run_stage, scaffold, tiny_params, write_params
 
+pytestmark = pytest.mark.fast  # the edit-loop tier (make test-fast): no real weights, no dvc repro, no export
+
 CONFIGS = ["params.yaml", "configs/hub-models.yaml", "configs/image-models.yaml"]
 
 

@@ -16,6 +16,8 @@ from stages import regress
 from stages.core.errors import BuildError
 from tests.conftest import EVAL_TEXT, run_stage, scaffold, tiny_params, write_params
 
+pytestmark = pytest.mark.fast  # the edit-loop tier (make test-fast): no real weights, no dvc repro, no export
+
 RULES = [
     {"family": "llm", "metric": "perplexity", "max_increase_pct": 5},
     {"family": "whisper", "metric": "wer_*", "max_increase": 0.02},

@@ -6,6 +6,8 @@ import pytest
 
 from stages.core.thresholds import check, percent
 
+pytestmark = pytest.mark.fast  # the edit-loop tier (make test-fast): no real weights, no dvc repro, no export
+
 
 @pytest.mark.parametrize(
     "bounds, value, ref, ok",

@@ -7,6 +7,8 @@ import pytest
 from stages.core.tiny import tiny_tokenizer
 from stages.core.tokenizers import check
 
+pytestmark = pytest.mark.fast  # the edit-loop tier (make test-fast): no real weights, no dvc repro, no export
+
 
 def save(tok, folder, with_ir=False):
     tok.save_pretrained(folder)
