@@ -1,7 +1,8 @@
 """The shipped params.yaml through the whole pipeline on real weights: SmolLM2-135M (fp16, int8, int4-cpu, and
-int4-npu through the emulated NPU path) with its pruned draft, and whisper tiny.en fp16/int8 on the real
-recordings. Whisper base, Whisper int4, the flite set, the distilled draft, the Gemma negative control, the image
-families and the LoRA are left to `make all` to keep the suite short; each has a tiny-model test."""
+int4-npu through the emulated NPU path) with its pruned draft and prompt lookup on the code prompts, and whisper
+tiny.en fp16/int8 on the real recordings. Whisper base, Whisper int4, the flite set, the distilled draft, the Gemma
+negative control, the image families and the LoRA are left to `make all` to keep the suite short; each has a
+tiny-model test."""
 
 import json
 import subprocess
@@ -96,6 +97,10 @@ def test_default_pipeline_on_real_smollm2(tmp_path):
     assert pair["status"] == "validated", pair
     assert pair["metrics"]["output_match"] == 1.0, pair["sweep"][0]["mismatches"]
     assert 0 <= pair["metrics"]["acceptance_rate"] <= 1 and pair["sweep"][0]["proposed_tokens"] > 0
+    # prompt lookup on the code-completion prompts: same output, and it does take tokens from the prompt
+    lookup = json.loads((tmp_path / "metrics/validate/pairs/smollm2-lookup-code.json").read_text())
+    assert lookup["status"] == "validated" and lookup["metrics"]["output_match"] == 1.0, lookup
+    assert lookup["metrics"]["tokens_per_step"] > 1.2 and lookup["metrics"]["acceptance_rate"] is None
 
     gate = json.loads((tmp_path / "metrics/gate.json").read_text())
     assert gate["passed"], [r for r in gate["rows"] if r["status"] == "fail"]

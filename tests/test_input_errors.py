@@ -148,3 +148,16 @@ def test_a_data_aware_export_before_the_calibration_text_exists_names_it(project
         "error: data/calibration/calib.txt: calibration set 'calib' not built; run `dvc repro evalsets`"
     )
     assert not (project / "models/tiny/int4").exists()
+
+
+def test_jsonl_prompt_files_keep_multi_line_prompts_and_name_a_bad_line(tmp_path):
+    from stages.core.io import read_lines
+
+    good = tmp_path / "code.jsonl"
+    good.write_text('"def f(x):\\n    return x\\n"\n\n{"prompt": "  indented"}\n')
+    assert read_lines(good, "validate.speculative.prompt_sets.code") == ["def f(x):\n    return x\n", "  indented"]
+    for bad, expected in (('"ok"\n{"text": 1}\n', ":2: expected a JSON string"), ('"ok"\n"unclosed\n', ":2: ")):
+        (tmp_path / "bad.jsonl").write_text(bad)
+        with pytest.raises(BuildError) as e:
+            read_lines(tmp_path / "bad.jsonl", "validate.speculative.prompt_sets.code")
+        assert one_line(e).startswith(f"validate.speculative.prompt_sets.code: {tmp_path / 'bad.jsonl'}{expected}")

@@ -188,16 +188,29 @@ def read_yaml(path: Path) -> Any:
 
 
 def read_lines(path: str | Path, key: str, what: str = "line") -> list[str]:
-    """The non-empty lines of a small text file (prompts, questions); one clear error when there are none."""
+    """The entries of a small prompt file: its non-empty lines ('#' starts a comment), or, for a .jsonl file, one
+    JSON string (or {"prompt": ...}) per line, kept verbatim (multi-line code prompts); one clear error when empty."""
     path = Path(path)
     if not path.is_file():
         raise BuildError(f"{key}: file not found: {path}")
     with user_input(f"{key}: {path}"):
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    lines = [line for line in lines if line and not line.startswith("#")]
-    if not lines:
+    if path.suffix == ".jsonl":
+        entries = [json_entry(line, f"{key}: {path}:{i}") for i, line in enumerate(lines, 1) if line]
+    else:
+        entries = [line for line in lines if line and not line.startswith("#")]
+    if not entries:
         raise BuildError(f"{key}: {path} has no {what}s (one per line; '#' starts a comment)")
-    return lines
+    return entries
+
+
+def json_entry(line: str, where: str) -> str:
+    with user_input(where):
+        value = json.loads(line)
+    value = value.get("prompt") if isinstance(value, dict) else value
+    if not isinstance(value, str) or not value:
+        raise BuildError(f'{where}: expected a JSON string or {{"prompt": "..."}}')
+    return value
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
