@@ -70,23 +70,43 @@ def from_flite(spec: FliteSpeech, workdir: Path, key: str) -> list[dict]:
 
 
 def from_hf(spec: HFSpeech, workdir: Path, key: str) -> list[dict]:
-    """A hub dataset split (needs the hub at HF_ENDPOINT or a warm `datasets` cache), streamed."""
-    import soundfile as sf
-
+    """A hub dataset split (needs the hub at HF_ENDPOINT or a warm `datasets` cache), streamed. Audio is taken as
+    the stored file bytes (decode(False)) and read by soundfile: `datasets` 5 decodes only through torchcodec,
+    whose PyPI wheels need CUDA libraries."""
     ds, origin = load_hub_split(spec, key, streaming=True)
     entries = []
     with user_input(f"{key}: dataset {spec.path} split {spec.split}"):
-        for i, row in enumerate(ds):
+        for i, row in enumerate(ds.decode(False)):
             if i >= spec.max_samples:
                 break
             for column in (spec.audio_column, spec.text_column):
                 if column not in row:
                     raise BuildError(f"{key}: column '{column}' not in {spec.path} (columns: {', '.join(row)})")
-            audio = row[spec.audio_column]
-            wav = workdir / f"hf-{i:05d}.wav"
-            sf.write(str(wav), np.asarray(audio["array"], dtype=np.float32), audio["sampling_rate"])
-            entries.append({"audio": str(wav), "text": row[spec.text_column], "origin": origin})
+            entries.append(
+                {
+                    "audio": str(stored_audio(row[spec.audio_column], workdir / f"hf-{i:05d}", key)),
+                    "text": row[spec.text_column],
+                    "origin": origin,
+                }
+            )
     return entries
+
+
+def stored_audio(audio: dict, stem: Path, key: str) -> Path:
+    """An undecoded `datasets` audio value ({"bytes", "path"}, or a decoded {"array", "sampling_rate"}) as a file."""
+    import soundfile as sf
+
+    if audio.get("bytes"):
+        path = stem.with_suffix(Path(audio.get("path") or "x.wav").suffix or ".wav")
+        path.write_bytes(audio["bytes"])
+        return path
+    if audio.get("array") is not None:
+        path = stem.with_suffix(".wav")
+        sf.write(str(path), np.asarray(audio["array"], dtype=np.float32), audio["sampling_rate"])
+        return path
+    if audio.get("path") and Path(audio["path"]).is_file():
+        return Path(audio["path"])
+    raise BuildError(f"{key}: an audio value with neither bytes, array nor a readable path: {audio.get('path')}")
 
 
 def collect(spec, workdir: Path, key: str) -> list[dict]:

@@ -139,8 +139,9 @@ def hub(tmp_path_factory, tiny_checkpoint):
     tagged `v1.0`, then a README on `main`, and a branch `dev` with a notes file; the checkpoint again as
     `org/gated` and `org/private` (served with HUB_TOKEN only), `org/cut` (for dropped connections) and
     `org/pickled` (with a pytorch_model.bin beside the safetensors) and `org/ir-draft` (an OpenVINO IR); the
-    dataset `org/wikitext-tiny` (config `tiny-raw-v1`, split `test`: 2 rows at tag `v1`, 3 on `main`) and `org/eval-text` (EVAL_TEXT, a sentence per row, tag `v1`). Yields a namespace with `url`, `root` (its
-    hub-server.json sets faults) and `commits` ({"v1.0" | "main" | "dev" | "dataset v1" | "eval v1": sha}); stopped at the end of the session."""
+    dataset `org/wikitext-tiny` (config `tiny-raw-v1`, split `test`: 2 rows at tag `v1`, 3 on `main`) `org/eval-text` (EVAL_TEXT, a sentence per row, tag `v1`) and `org/speech-tiny` (3 utterances, parquet with
+    audio bytes as the hub stores them, tag `v1`). Yields a namespace with `url`, `root` (its
+    hub-server.json sets faults) and `commits` ({"v1.0" | "main" | "dev" | "dataset v1" | "eval v1" | "speech v1": sha}); stopped at the end of the session."""
     from types import SimpleNamespace
 
     from tests import hub_server
@@ -180,6 +181,9 @@ def hub(tmp_path_factory, tiny_checkpoint):
     commits["eval v1"] = hub_server.git_repo(
         root / "datasets" / "org" / "eval-text",
         [("sentences tag:v1", {"README.md": eval_card, "test.jsonl": b"".join(sentences)})],
+    )["v1"]
+    commits["speech v1"] = hub_server.git_repo(
+        root / "datasets" / "org" / "speech-tiny", [("utterances tag:v1", {"test.parquet": speech_parquet()})]
     )["v1"]
     access = {f"models/org/{kind}": {"kind": kind, "token": HUB_TOKEN} for kind in ("gated", "private")}
     (root / "hub-server.json").write_text(json.dumps({"access": access}))
@@ -262,6 +266,33 @@ def s3(tmp_path_factory):
         yield SimpleNamespace(url=url, bucket=S3_BUCKET, env=dict(S3_ENV), client=client)
     finally:
         hub_server.stop(proc)
+
+
+def speech_parquet() -> bytes:
+    """Three tones (22.05 kHz wav bytes) with texts, as a parquet file with the `datasets` Audio feature."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import soundfile as sf
+
+    def wav(i: int) -> bytes:
+        buf = io.BytesIO()
+        tone = 0.3 * np.sin(np.arange(22050) * 0.05 * (i + 1)).astype(np.float32)
+        sf.write(buf, tone, 22050, format="WAV", subtype="PCM_16")
+        return buf.getvalue()
+
+    audio = pa.array(
+        [{"bytes": wav(i), "path": f"{i}.wav"} for i in range(3)],
+        type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+    )
+    features = {"audio": {"_type": "Audio"}, "text": {"dtype": "string", "_type": "Value"}}
+    table = pa.table({"audio": audio, "text": [f"tone number {i}" for i in range(3)]})
+    table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
 
 
 def hub_env(url: str, hf_home: Path) -> dict:

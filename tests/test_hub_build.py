@@ -70,3 +70,19 @@ def test_a_dataset_with_the_hub_down_is_one_line(project, tmp_path):
         proc
     )
     assert_nothing_written(project / "data/eval")
+
+
+def test_a_speech_set_from_a_hub_dataset_records_its_revision(project, hub, tmp_path):
+    """The stored audio bytes are read by soundfile and resampled to 16 kHz (no torchcodec)."""
+    import soundfile as sf
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["speech_sets"] = {"tones": {"type": "hf", "path": "org/speech-tiny", "revision": "v1", "max_samples": 2}}
+    write_params(project, params)
+    run_stage("stages.speechsets", env=hub_env(hub.url, tmp_path / "hf-home"))
+    folder = project / "data/speech/tones"
+    lines = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines()]
+    assert [x["text"] for x in lines] == ["tone number 0", "tone number 1"]
+    assert all(sf.info(str(folder / x["audio"])).samplerate == 16000 for x in lines)
+    origin = json.loads((folder / "origin.json").read_text())
+    assert (origin["requested_revision"], origin["resolved_revision"]) == ("v1", hub.commits["speech v1"])
