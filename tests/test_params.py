@@ -15,7 +15,7 @@ from tests.conftest import REPO, assert_nothing_written, run_stage, scaffold, ti
 
 pytestmark = pytest.mark.fast  # the edit-loop tier (make test-fast): no real weights, no dvc repro, no export
 
-CONFIGS = ["params.yaml", "configs/hub-models.yaml", "configs/image-models.yaml"]
+CONFIGS = ["params.yaml", "configs/hub-models.yaml", "configs/image-models.yaml", "configs/qwen-coder-pair.yaml"]
 
 
 @pytest.mark.parametrize("params_file", CONFIGS)
