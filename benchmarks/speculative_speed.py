@@ -1,5 +1,6 @@
 """Speculative decoding speedup table, measured side by side in one run: each main alone vs main + each of its
-drafts, over several `num_assistant_tokens`, with acceptance rates.
+drafts (and each `prompt_lookup` entry: draft-free), over several `num_assistant_tokens`, with acceptance rates
+and tokens per main-model step.
 
     python benchmarks/speculative_speed.py [--params params.yaml] [--k 1 2 3 4 5] [--thresholds 0.3]
                                            [--max-new-tokens 64] [--device CPU] [--pair NAME ...]
@@ -22,7 +23,7 @@ from stages.core.io import read_json
 from stages.core.paths import pairing_dir
 from stages.families.llm import speculative_settings, speculative_sweep
 from stages.params import load_params
-from stages.speculative import prompts_for
+from stages.speculative import lookup_pairing, prompts_for
 
 
 def number(value, spec: str) -> str:
@@ -41,41 +42,48 @@ def main(argv=None) -> None:
     ap.add_argument("--pair", nargs="+", default=None, help="only these pairs (default: every pair in params)")
     args = ap.parse_args(argv)
     params = load_params(args.params)
-    if not params.pairs:
-        raise SystemExit(f"{args.params}: no pairs")
-    unknown = [p for p in args.pair or [] if p not in params.pairs]
+    entries = params.speculative_entries()
+    if not entries:
+        raise SystemExit(f"{args.params}: no pairs and no prompt_lookup entries")
+    unknown = [p for p in args.pair or [] if p not in entries]
     if unknown:
-        raise SystemExit(f"--pair: not in {args.params}: {', '.join(unknown)} (pairs: {', '.join(params.pairs)})")
+        raise SystemExit(f"--pair: not in {args.params}: {', '.join(unknown)} (pairs: {', '.join(entries)})")
     config = {"INFERENCE_PRECISION_HINT": params.validate_.inference_precision}
-    settings = speculative_settings(args.k, args.thresholds)
     rows = []
-    for name in args.pair or params.pairs:
+    for name in args.pair or entries:
+        lookup = name in params.prompt_lookup
         try:
-            pairing = read_json(pairing_dir(name) / "pairing.json", f"pairing (run `dvc repro pair@{name}`)")
+            pairing = (
+                lookup_pairing(params, name)
+                if lookup
+                else read_json(pairing_dir(name) / "pairing.json", f"pairing (run `dvc repro pair@{name}`)")
+            )
         except BuildError as e:
             raise SystemExit(str(e)) from None
         if pairing["status"] != "paired":
             print(f"{name}: {pairing['status']} ({pairing['tokenizer_check']['problems'][0]})")
             continue
+        ngrams = params.validate_.speculative.max_ngram_size if lookup else None
         run = speculative_sweep(
             Path(pairing["main"]["path"]),
-            Path(pairing["draft"]["path"]),
+            None if lookup else Path(pairing["draft"]["path"]),
             args.device,
             args.device,
-            config,
+            {**config, **params.validate_.speculative.plugin_config},
             prompts_for(params, name),
             args.max_new_tokens,
-            settings,
+            speculative_settings(args.k, [] if lookup else args.thresholds, ngrams),
         )
-        rows.append([name, "main alone", "-", "-", f"{run['baseline']['tpot_ms']:.1f}", "1.00", "1.00", "-"])
+        rows.append([name, "main alone", "-", "-", "1.00", f"{run['baseline']['tpot_ms']:.1f}", "1.00", "1.00", "-"])
         for s in run["sweep"]:
             setting = s.get("num_assistant_tokens") or f"confidence {s['assistant_confidence_threshold']}"
             rows.append(
                 [
                     name,
-                    pairing["draft"]["model"],
+                    "prompt lookup" if lookup else pairing["draft"]["model"],
                     setting,
                     number(s["acceptance_rate"], ".3f"),
+                    number(s["tokens_per_step"], ".2f"),
                     f"{s['tpot_ms']:.1f}",
                     f"{s['tpot_speedup']:.2f}",
                     f"{s['throughput_ratio']:.2f}",
@@ -90,6 +98,7 @@ def main(argv=None) -> None:
                 "draft",
                 "num_assistant_tokens",
                 "acceptance",
+                "tokens/step",
                 "TPOT ms",
                 "TPOT speedup",
                 "throughput ratio",
