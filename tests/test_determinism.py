@@ -2,6 +2,7 @@
 random-init tiny models, draft distillation and LoRA training (each run twice, in two folders)."""
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,30 @@ def test_encoder_decoder_export_is_byte_identical(tmp_path):
             cwd=Path(__file__).parent.parent,
         )
     assert_same_files(tmp_path / "one", tmp_path / "two/nested")
+
+
+EXPORT_HYBRID = """
+import sys
+from pathlib import Path
+from stages.core.schema import Variant
+from stages.families import get_family
+checkpoint = Path("checkpoint")  # relative, as models/<m>/checkpoint is in a build
+variant = Variant(weight_format="int8", dataset="prompts", num_samples=2)
+prompts = ["a red circle above a blue square", "a green triangle"]
+get_family("text2image").export(checkpoint, variant, Path("int8-hybrid"), prompts)
+"""
+
+
+def test_data_aware_hybrid_export_is_byte_identical(tmp_path):
+    """NNCF's hybrid mode calibrates on images generated from random latents: seeded, two exports in two processes
+    give the same UNet (it differed on every build before)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    checkpoint = tiny.tiny_stable_diffusion(tmp_path / "checkpoint")  # here: its seeding must not reach the exports
+    for out in ("one", "two/nested"):
+        shutil.copytree(checkpoint, tmp_path / out / "checkpoint")
+        subprocess.run([sys.executable, "-c", EXPORT_HYBRID], check=True, cwd=tmp_path / out, env=env)
+    assert_same_files(tmp_path / "one" / "int8-hybrid", tmp_path / "two/nested" / "int8-hybrid")

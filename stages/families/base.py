@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from stages.core.determinism import deterministic_torch
 from stages.core.errors import BuildError
 from stages.core.schema import Strict, Variant
 from stages.core.tokenizers import fix_digit_split_conversion
@@ -147,6 +148,7 @@ class Family(abc.ABC):
 
         lift_export_caps()
         order_cross_attention_states()
+        deterministic_torch()  # data-aware recipes calibrate on sampled inputs (e.g. hybrid SD: random latents)
         fix_digit_split_conversion()
         qconfig = variant.quantization_config()
         if qconfig is not None and calibration:
