@@ -224,9 +224,8 @@ class TextSet(Strict):
     max_chars: int = Field(default=20000, gt=0)
 
 
-class HFTextSet(Strict):
-    """Text from a Hugging Face `datasets` split (e.g. wikitext / wikitext-2-raw-v1 / test), rows joined with
-    newlines, then sliced like a local text. Needs the hub (HF_ENDPOINT) or a warm datasets cache."""
+class HFColumn(Strict):
+    """One column of a Hugging Face `datasets` split. Needs the hub (HF_ENDPOINT) or a warm datasets cache."""
 
     type: Literal["hf"]
     path: str
@@ -234,6 +233,12 @@ class HFTextSet(Strict):
     split: str = "test"
     column: str = "text"
     revision: str | None = None
+
+
+class HFTextSet(HFColumn):
+    """Text from a Hugging Face `datasets` split (e.g. wikitext / wikitext-2-raw-v1 / test), rows joined with
+    newlines, then sliced like a local text. Needs the hub (HF_ENDPOINT) or a warm datasets cache."""
+
     max_samples: int | None = Field(default=None, gt=0)
     skip_chars: int = Field(default=0, ge=0)
     max_chars: int = Field(default=20000, gt=0)
@@ -253,16 +258,11 @@ class PromptFile(Strict):
     path: str
 
 
-class HFPromptSet(Strict):
+class HFPromptSet(HFColumn):
     """Prompts (text-to-image prompts, VLM questions, code prompts) from a column of a Hugging Face `datasets`
-    split, one row per prompt (empty rows skipped). Needs the hub (HF_ENDPOINT) or a warm datasets cache."""
+    split, one row per prompt (the first max_samples rows, empty ones skipped), streamed. Needs the hub
+    (HF_ENDPOINT) or a warm datasets cache."""
 
-    type: Literal["hf"]
-    path: str
-    name: str | None = None
-    split: str = "test"
-    column: str = "text"
-    revision: str | None = None
     max_samples: int = Field(default=32, gt=0)
 
 
