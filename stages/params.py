@@ -28,6 +28,7 @@ from stages.core.schema import (
     ModelSpec,
     Pair,
     PromptLookup,
+    PromptSource,
     RegressionSettings,
     SpeculativeValidation,
     SpeechSet,
@@ -60,6 +61,7 @@ class Params(Strict):
     eval_sets: dict[str, TextSource] = {}
     calibration: dict[str, TextSource] = {}
     speech_sets: dict[str, SpeechSet] = {}
+    prompt_sets: dict[str, PromptSource] = {}  # named prompt lists (files or `datasets` columns)
     adapters: dict[str, Adapter]  # may be empty: dvc.yaml iterates over it
     derived_drafts: dict[str, DerivedDraft]  # may be empty: dvc.yaml iterates over it
     drafts: list[str]  # draft artifacts, `<model>/<variant>` (may be empty)
@@ -96,6 +98,7 @@ class Params(Strict):
             "eval_sets",
             "calibration",
             "speech_sets",
+            "prompt_sets",
         ):
             for name in getattr(self, section):
                 if not re.fullmatch(NAME_PATTERN, name):
@@ -165,10 +168,8 @@ class Params(Strict):
                 raise ValueError(f"{section}.{name}.main: '{entry.main}' is not an llm artifact in build")
             if section == "pairs" and entry.draft not in self.drafts:
                 raise ValueError(f"pairs.{name}.draft: '{entry.draft}' is not in drafts")
-            if entry.prompts and entry.prompts not in self.validate_.speculative.prompt_sets:
-                raise ValueError(
-                    f"{section}.{name}.prompts: unknown prompt set '{entry.prompts}' (validate.speculative.prompt_sets)"
-                )
+            if entry.prompts and entry.prompts not in self.prompt_sets:
+                raise ValueError(f"{section}.{name}.prompts: unknown prompt set '{entry.prompts}' (prompt_sets)")
 
     def _check_adapters(self) -> None:
         for name, a in self.adapters.items():
@@ -263,7 +264,7 @@ def user_path(loc: tuple) -> str:
             and i
             and parts[i - 1] in ("source", "text")
             or i >= 2
-            and parts[i - 2] in ("eval_sets", "calibration", "speech_sets")
+            and parts[i - 2] in ("eval_sets", "calibration", "speech_sets", "prompt_sets")
             and p in SOURCE_TYPES + ("manifest", "sphinx", "flite")
         )
     )

@@ -34,12 +34,10 @@ SPEED = ("tpot_ms", "throughput_tok_s", "generated_tokens", "tpot_speedup", "thr
 
 
 def prompts_for(params: Params, name: str) -> list[str]:
-    from stages.core.io import read_lines
+    from stages.core.textdata import read_prompts
 
     s, pair = params.validate_.speculative, params.speculative_entries()[name]
-    if pair.prompts:
-        return read_lines(s.prompt_sets[pair.prompts], f"validate.speculative.prompt_sets.{pair.prompts}", "prompt")
-    return s.prompts
+    return read_prompts(pair.prompts, f"prompt_sets.{pair.prompts}") if pair.prompts else s.prompts
 
 
 def headline(sweep: list[dict], speed: bool) -> dict | None:

@@ -33,6 +33,7 @@ def no_optional_sections() -> dict:
     return {
         "calibration": {},
         "speech_sets": {},
+        "prompt_sets": {},
         "adapters": {},
         "derived_drafts": {},
         "drafts": [],
@@ -140,8 +141,9 @@ def hub(tmp_path_factory, tiny_checkpoint):
     `org/gated` and `org/private` (served with HUB_TOKEN only), `org/cut` (for dropped connections) and
     `org/pickled` (with a pytorch_model.bin beside the safetensors) and `org/ir-draft` (an OpenVINO IR); the
     dataset `org/wikitext-tiny` (config `tiny-raw-v1`, split `test`: 2 rows at tag `v1`, 3 on `main`) `org/eval-text` (EVAL_TEXT, a sentence per row, tag `v1`) and `org/speech-tiny` (3 utterances, parquet with
-    audio bytes as the hub stores them, tag `v1`). Yields a namespace with `url`, `root` (its
-    hub-server.json sets faults) and `commits` ({"v1.0" | "main" | "dev" | "dataset v1" | "eval v1" | "speech v1": sha}); stopped at the end of the session."""
+    audio bytes as the hub stores them, tag `v1`), `org/captions` (6 rows of caption / question / id, the second
+    caption empty, tag `v1`). Yields a namespace with `url`, `root` (its
+    hub-server.json sets faults) and `commits` ({"v1.0" | "main" | "dev" | "dataset v1" | "eval v1" | "speech v1" | "captions v1": sha}); stopped at the end of the session."""
     from types import SimpleNamespace
 
     from tests import hub_server
@@ -181,6 +183,13 @@ def hub(tmp_path_factory, tiny_checkpoint):
     commits["eval v1"] = hub_server.git_repo(
         root / "datasets" / "org" / "eval-text",
         [("sentences tag:v1", {"README.md": eval_card, "test.jsonl": b"".join(sentences)})],
+    )["v1"]
+    captions = [{"caption": "a red circle", "question": "What colour is the circle?", "id": 0}]
+    captions += [{"caption": "", "question": "How many shapes?", "id": 1}]
+    captions += [{"caption": f"{n} blue squares", "question": "Is it square?", "id": n} for n in range(2, 6)]
+    commits["captions v1"] = hub_server.git_repo(
+        root / "datasets" / "org" / "captions",
+        [("captions tag:v1", {"test.jsonl": b"".join(json.dumps(c).encode() + b"\n" for c in captions)})],
     )["v1"]
     commits["speech v1"] = hub_server.git_repo(
         root / "datasets" / "org" / "speech-tiny", [("utterances tag:v1", {"test.parquet": speech_parquet()})]

@@ -1,5 +1,6 @@
 """The online path end to end: a model and an eval set served over HTTP by the local hub server (tests/hub_server.py),
-through `dvc repro` (fetch -> export -> validate -> gate), and the `datasets` text sets' errors."""
+through `dvc repro` (fetch -> export -> validate -> gate), the `datasets` text, speech and prompt sets, and their
+errors."""
 
 import json
 import os
@@ -86,3 +87,43 @@ def test_a_speech_set_from_a_hub_dataset_records_its_revision(project, hub, tmp_
     assert all(sf.info(str(folder / x["audio"])).samplerate == 16000 for x in lines)
     origin = json.loads((folder / "origin.json").read_text())
     assert (origin["requested_revision"], origin["resolved_revision"]) == ("v1", hub.commits["speech v1"])
+
+
+def with_prompt_sets(project, **sets):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    base = {"type": "hf", "path": "org/captions", "split": "test", "revision": "v1"}
+    params["prompt_sets"] = {name: {**base, **spec} for name, spec in sets.items()}
+    write_params(project, params)
+
+
+def test_prompt_sets_from_a_hub_dataset_stream_one_column_and_record_the_revision(project, hub, tmp_path):
+    """Text-to-image prompts and VLM questions from dataset columns: the first max_samples rows, empty ones
+    skipped, verbatim."""
+    with_prompt_sets(project, captions={"column": "caption", "max_samples": 3}, questions={"column": "question"})
+    run_stage("stages.evalsets", env=hub_env(hub.url, tmp_path / "hf-home"))
+    folder = project / "data/prompts"
+
+    def prompts(name):
+        return [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
+
+    assert prompts("captions") == ["a red circle", "2 blue squares"]
+    assert prompts("questions")[:2] == ["What colour is the circle?", "How many shapes?"]
+    assert len(prompts("questions")) == 6  # fewer rows than max_samples (32): all of them
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["captions"]["resolved_revision"] == hub.commits["captions v1"]
+    assert (manifest["captions"]["rows"], manifest["captions"]["prompts"]) == (3, 2)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ({"column": "prompt"}, "prompt_sets.p.column: 'prompt' is not a column of org/captions (columns: "),
+        ({"column": "id"}, "prompt_sets.p.column: 'id' holds int values, not text"),
+        ({"column": "caption", "revision": "v9"}, "prompt_sets.p: dataset org/captions split test @ v9:"),
+    ],
+)
+def test_a_bad_prompt_set_is_one_line_and_nothing_is_written(project, hub, tmp_path, spec, expected):
+    with_prompt_sets(project, p=spec)
+    proc = run_stage("stages.evalsets", check=False, env=hub_env(hub.url, tmp_path / "hf-home"))
+    assert error_line(proc).startswith(f"error: {expected}"), error_line(proc)
+    assert_nothing_written(project / "data/prompts")

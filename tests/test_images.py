@@ -24,9 +24,10 @@ def image_params(tmp_path) -> dict:
     p["variants"]["int4"]["group_size_fallback"] = "adjust"
     p["build"] = ["tiny-sd/fp16", "tiny-sd/int8", "tiny-sd/int4", "tiny-llava/fp16", "tiny-llava/int8"]
     del p["validate"]["llm"]
+    p["prompt_sets"] = {"t2i": {"path": "prompts/text2image.txt"}}  # the VLM names its question file directly
     p["validate"]["text2image"] = {
         "reference": "fp16",
-        "prompts": "prompts/text2image.txt",
+        "prompts": "t2i",
         "clip_model": "tiny-clip",
         "seeds": [0, 1],
         "width": 64,

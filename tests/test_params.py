@@ -274,3 +274,50 @@ def test_dvc_reads_every_shipped_yaml_with_libyaml_as_we_read_it(path):
     assert dvc_yaml.Parser.__module__.startswith("ruamel.yaml.clib"), "libyaml is not installed"
     text = (REPO / path).read_text()
     assert dvc_yaml.load(text) == yaml.safe_load(text)
+
+
+def test_prompt_references_name_a_prompt_set_or_a_file(tmp_path, base):
+    speculative = {"prompts": ["p"], "num_assistant_tokens": [2]}
+    bad = copy.deepcopy(base)
+    bad["validate"]["speculative"] = speculative
+    bad["prompt_lookup"] = {"look": {"main": "tiny/fp16", "prompts": "nope"}}
+    assert "prompt_lookup.look.prompts: unknown prompt set 'nope' (prompt_sets)" in error_for(tmp_path, bad)
+    bad = copy.deepcopy(base)
+    bad["prompt_sets"] = {"v1.2": {"path": "prompts/code-completion.jsonl"}}
+    assert "prompt_sets.v1.2: names may use letters, digits" in error_for(tmp_path, bad)
+    bad = copy.deepcopy(base)
+    bad["prompt_sets"] = {"p": {"type": "hf", "path": "org/x", "colum": "text"}}
+    assert "prompt_sets.p.colum: unknown key" in error_for(tmp_path, bad)
+
+    images = yaml.safe_load((REPO / "configs/image-models.yaml").read_text())
+    for key, ref, expected in (
+        ("prompts", "t2i", "validate.text2image.prompts: unknown prompt set 't2i' (prompt_sets;"),
+        ("prompts", "prompts/missing.txt", "validate.text2image.prompts: file not found: prompts/missing.txt"),
+    ):
+        bad = copy.deepcopy(images)
+        bad["validate"]["text2image"][key] = ref
+        assert expected in error_for(tmp_path, bad)
+    bad = copy.deepcopy(images)
+    bad["validate"]["vlm"]["questions"] = "questions"
+    assert "validate.vlm.questions: unknown prompt set 'questions'" in error_for(tmp_path, bad)
+    images["prompt_sets"] = {"t2i": {"path": "prompts/text2image.txt"}}
+    images["validate"]["text2image"]["prompts"] = "t2i"
+    load_checked(write_params(tmp_path, images))
+
+
+def test_local_prompt_sets_are_materialised_verbatim(project):
+    """A .jsonl prompt keeps its newlines; every consumer reads data/prompts/<name>.jsonl."""
+    from stages.core.textdata import read_prompts
+
+    (project / "code.jsonl").write_text(json.dumps("def f(x):\n    return x\n") + "\n")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["prompt_sets"] = {"code": {"path": "code.jsonl"}, "plain": {"path": str(REPO / "prompts/text2image.txt")}}
+    write_params(project, params)
+    run_stage("stages.evalsets")
+    assert read_prompts("code", "k") == ["def f(x):\n    return x\n"]
+    assert read_prompts("plain", "k") == read_prompts(str(REPO / "prompts/text2image.txt"), "k")
+    manifest = json.loads((project / "data/prompts/manifest.json").read_text())
+    assert manifest["code"] == {"path": "code.jsonl", "prompts": 1, "sha256": manifest["code"]["sha256"]}
+    (project / "data/prompts/code.jsonl").unlink()
+    with pytest.raises(BuildError, match=r"prompt set 'code' not built; run `dvc repro evalsets`"):
+        read_prompts("code", "k")

@@ -20,6 +20,8 @@ from tests.conftest import (
     write_params,
 )
 
+REPEATS = ["a b c a b c a b c a b", "def f(x):\n    return x\n\ndef g(x):\n    return x\n"]  # prompt lookup's set
+
 
 def speculative_params(main, other, text) -> dict:
     p = tiny_params(main, text)
@@ -33,7 +35,8 @@ def speculative_params(main, other, text) -> dict:
         "good": {"main": "tiny/fp16", "draft": "tiny-d1/int8"},
         "bad": {"main": "tiny/fp16", "draft": "other/int8", "expect": "incompatible"},
     }
-    p["prompt_lookup"] = {"lookup": {"main": "tiny/fp16"}}
+    p["prompt_sets"] = {"repeats": {"path": str(text.parent / "repeats.jsonl")}}
+    p["prompt_lookup"] = {"lookup": {"main": "tiny/fp16", "prompts": "repeats"}}
     p["validate"]["speculative"] = {
         "prompts": ["Paris is", "def main():", "a b c a b c a b c a b"],
         "max_new_tokens": 8,
@@ -50,6 +53,7 @@ def built(tmp_path_factory, tiny_checkpoint):
     other = tiny_llm(root.parent / f"{root.name}-other", seed=1, vocab_size=320)  # a different tokenizer
     text = root.parent / f"{root.name}-text.txt"
     text.write_text(EVAL_TEXT * 3)
+    (text.parent / "repeats.jsonl").write_text("".join(json.dumps(p) + "\n" for p in REPEATS))
     scaffold(root, speculative_params(tiny_checkpoint, other, text))
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "-P"], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -109,6 +113,7 @@ def test_prompt_lookup_records_accepted_tokens_from_its_steps_and_no_invented_pr
     root, _ = built
     rec = read(root, "metrics/validate/pairs/lookup.json")
     assert rec["status"] == "validated" and rec["draft"] == "prompt-lookup", rec
+    assert rec["prompts"] == len(REPEATS)  # its own prompt set, not validate.speculative.prompts
     for s in rec["sweep"]:
         assert s["output_match"] == 1.0, s["mismatches"]
         # genai reports no proposal count in this mode: acceptance is unknown, never 0

@@ -49,6 +49,10 @@ def calibration_path(name: str) -> Path:
     return DATA / "calibration" / f"{name}.txt"
 
 
+def prompt_set_path(name: str) -> Path:
+    return DATA / "prompts" / f"{name}.jsonl"
+
+
 def speech_set_dir(name: str) -> Path:
     return DATA / "speech" / name
 

@@ -224,9 +224,8 @@ class TextSet(Strict):
     max_chars: int = Field(default=20000, gt=0)
 
 
-class HFTextSet(Strict):
-    """Text from a Hugging Face `datasets` split (e.g. wikitext / wikitext-2-raw-v1 / test), rows joined with
-    newlines, then sliced like a local text. Needs the hub (HF_ENDPOINT) or a warm datasets cache."""
+class HFColumn(Strict):
+    """One column of a Hugging Face `datasets` split. Needs the hub (HF_ENDPOINT) or a warm datasets cache."""
 
     type: Literal["hf"]
     path: str
@@ -234,6 +233,12 @@ class HFTextSet(Strict):
     split: str = "test"
     column: str = "text"
     revision: str | None = None
+
+
+class HFTextSet(HFColumn):
+    """Text from a Hugging Face `datasets` split (e.g. wikitext / wikitext-2-raw-v1 / test), rows joined with
+    newlines, then sliced like a local text. Needs the hub (HF_ENDPOINT) or a warm datasets cache."""
+
     max_samples: int | None = Field(default=None, gt=0)
     skip_chars: int = Field(default=0, ge=0)
     max_chars: int = Field(default=20000, gt=0)
@@ -244,6 +249,30 @@ def _text_set_tag(data):
 
 
 TextSource = Annotated[Annotated[TextSet, Tag("text")] | Annotated[HFTextSet, Tag("hf")], Discriminator(_text_set_tag)]
+
+
+class PromptFile(Strict):
+    """A prompt file kept in the repo: one prompt per line ('#' comments), or .jsonl: one JSON string per line."""
+
+    type: Literal["file"] = "file"
+    path: str
+
+
+class HFPromptSet(HFColumn):
+    """Prompts (text-to-image prompts, VLM questions, code prompts) from a column of a Hugging Face `datasets`
+    split, one row per prompt (the first max_samples rows, empty ones skipped), streamed. Needs the hub
+    (HF_ENDPOINT) or a warm datasets cache."""
+
+    max_samples: int = Field(default=32, gt=0)
+
+
+def _prompt_set_tag(data):
+    return data.get("type", "file") if isinstance(data, dict) else getattr(data, "type", "file")
+
+
+PromptSource = Annotated[
+    Annotated[PromptFile, Tag("file")] | Annotated[HFPromptSet, Tag("hf")], Discriminator(_prompt_set_tag)
+]
 
 
 class ManifestSpeech(Strict):
@@ -407,7 +436,7 @@ class Pair(Strict):
     main_device: Device | None = None  # default: the main variant's target
     draft_device: Device | None = None  # default: the draft variant's target
     expect: Literal["compatible", "incompatible"] = "compatible"  # incompatible: a negative control
-    prompts: str | None = None  # a `validate.speculative.prompt_sets` name; None: the default prompts
+    prompts: str | None = None  # a `prompt_sets` name; None: validate.speculative.prompts
 
 
 class PromptLookup(Strict):
@@ -415,12 +444,11 @@ class PromptLookup(Strict):
 
     main: str = Field(pattern=ARTIFACT_PATTERN)
     main_device: Device | None = None
-    prompts: str | None = None  # a `validate.speculative.prompt_sets` name; None: the default prompts
+    prompts: str | None = None  # a `prompt_sets` name; None: validate.speculative.prompts
 
 
 class SpeculativeValidation(Strict):
     prompts: list[str] = Field(min_length=1)
-    prompt_sets: dict[str, str] = {}  # name -> a prompt file (one prompt per line), chosen per pair
     max_new_tokens: int = Field(default=64, gt=0)
     num_assistant_tokens: list[int] = Field(min_length=1)  # the first is the headline setting
     assistant_confidence_thresholds: list[float] = []

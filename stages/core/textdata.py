@@ -1,15 +1,18 @@
-"""Text sets: slices of local text files or of a `datasets` split, materialised into data/eval and
-data/calibration by the evalsets stage; readers for what it wrote."""
+"""Text sets (slices of local text files or of a `datasets` split) and prompt sets (prompt files or a `datasets`
+column), materialised into data/eval, data/calibration and data/prompts by the evalsets stage; readers for what it
+wrote."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import re
 from pathlib import Path
 
 from stages.core.errors import BuildError, user_input
-from stages.core.paths import calibration_path, eval_text_path
-from stages.core.schema import HFTextSet, TextSet
+from stages.core.io import read_lines
+from stages.core.paths import calibration_path, eval_text_path, prompt_set_path
+from stages.core.schema import NAME_PATTERN, HFPromptSet, HFTextSet, PromptFile, TextSet
 
 
 def read_text_file(path: Path, key: str) -> str:
@@ -55,15 +58,44 @@ def dataset_revision(spec) -> str | None:
     return HfApi().dataset_info(spec.path, revision=spec.revision).sha
 
 
-def hf_text(spec: HFTextSet, key: str) -> tuple[str, dict]:
-    """Rows of a `datasets` split joined by newlines, and where they came from (with the resolved revision)."""
+def hub_column(spec: HFTextSet | HFPromptSet, key: str) -> tuple[list, dict]:
+    """One column of the first `max_samples` rows of a `datasets` split, and where it came from (with the resolved
+    revision)."""
     split = spec.split if spec.max_samples is None else f"{spec.split}[:{spec.max_samples}]"
     ds, origin = load_hub_split(spec, key, split)
     if spec.column not in ds.column_names:
         raise BuildError(
             f"{key}.column: '{spec.column}' is not a column of {spec.path} (columns: {', '.join(ds.column_names)})"
         )
-    return "\n".join(str(x) for x in ds[spec.column]), {**origin, "rows": len(ds)}
+    return list(ds[spec.column]), {**origin, "rows": len(ds)}
+
+
+def streamed_column(spec: HFPromptSet, key: str) -> tuple[list, dict]:
+    """One column of the first `max_samples` rows, streamed and selected before decoding: a prompt column of an
+    image dataset without downloading or decoding its images."""
+    from itertools import islice
+
+    ds, origin = load_hub_split(spec, key, streaming=True)
+
+    def check(columns):
+        if columns is not None and spec.column not in columns:
+            raise BuildError(
+                f"{key}.column: '{spec.column}' is not a column of {spec.path} (columns: {', '.join(columns)})"
+            )
+
+    check(ds.column_names)  # None when the stream does not declare its features: checked on the first row
+    if ds.column_names is not None:
+        ds = ds.select_columns([spec.column])
+    with user_input(f"{key}: dataset {spec.path} split {spec.split}"):
+        rows = list(islice(iter(ds), spec.max_samples))
+    check(list(rows[0]) if rows else None)
+    return [row[spec.column] for row in rows], {**origin, "rows": len(rows)}
+
+
+def hf_text(spec: HFTextSet, key: str) -> tuple[str, dict]:
+    """Rows of a `datasets` split joined by newlines, and where they came from."""
+    rows, origin = hub_column(spec, key)
+    return "\n".join(str(x) for x in rows), origin
 
 
 def slice_text(spec: TextSet | HFTextSet, key: str) -> tuple[str, dict]:
@@ -101,3 +133,45 @@ def calibration_text(name: str) -> str:
 def calibration_samples(name: str, chars_per_sample: int = 1000) -> list[str]:
     text = calibration_text(name)
     return [text[i : i + chars_per_sample] for i in range(0, len(text), chars_per_sample)]
+
+
+def prompt_entries(spec: PromptFile | HFPromptSet, key: str) -> tuple[list[str], dict]:
+    """A prompt set's prompts (verbatim; empty rows of a dataset skipped) and where they came from."""
+    if isinstance(spec, PromptFile):
+        return read_lines(spec.path, f"{key}.path", "prompt"), {"path": spec.path}
+    rows, origin = streamed_column(spec, key)
+    if kinds := sorted({type(r).__name__ for r in rows if not isinstance(r, str)}):
+        raise BuildError(f"{key}.column: '{spec.column}' holds {', '.join(kinds)} values, not text")
+    prompts = [r.strip() for r in rows if r.strip()]
+    if not prompts:
+        raise BuildError(f"{key}: column '{spec.column}' of {spec.path} has no non-empty rows")
+    return prompts, origin
+
+
+def write_prompt_set(path: Path, prompts: list[str]) -> None:
+    path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts), encoding="utf-8")
+
+
+def is_prompt_set_name(ref: str) -> bool:
+    """A prompt reference is a `prompt_sets` name (letters, digits, '-', '_') or else a file's path."""
+    return re.fullmatch(NAME_PATTERN, ref) is not None
+
+
+def prompts_path(ref: str) -> Path:
+    """Where a prompt reference's prompts are read from: data/prompts/<name>.jsonl (built by evalsets) or the file."""
+    return prompt_set_path(ref) if is_prompt_set_name(ref) else Path(ref)
+
+
+def check_prompt_ref(ref: str, prompt_sets: dict, key: str) -> None:
+    if is_prompt_set_name(ref):
+        if ref not in prompt_sets:
+            raise ValueError(f"{key}: unknown prompt set '{ref}' (prompt_sets; a file path needs a '/' or '.')")
+    elif not Path(ref).is_file():
+        raise ValueError(f"{key}: file not found: {ref}")
+
+
+def read_prompts(ref: str, key: str, what: str = "prompt") -> list[str]:
+    path = prompts_path(ref)
+    if is_prompt_set_name(ref) and not path.is_file():
+        raise BuildError(f"{path}: prompt set '{ref}' not built; run `dvc repro evalsets`")
+    return read_lines(path, key, what)

@@ -14,18 +14,18 @@ from tqdm import tqdm
 
 from stages.core import metrics as m
 from stages.core.errors import user_input
-from stages.core.io import read_lines
 from stages.core.paths import source_manifest_path
 from stages.core.schema import Strict, device_kind
+from stages.core.textdata import check_prompt_ref, prompts_path, read_prompts
 from stages.families import register
 from stages.families.base import Comparison, Family, RunContext, Validation, check_scorer, register_adapters, worst
 
 
 class Text2ImageSettings(Strict):
-    """Fixed seeds over a prompt file; CLIP score with a `scorer` model (e.g. openai/clip-vit-base-patch16)."""
+    """Fixed seeds over a prompt set; CLIP score with a `scorer` model (e.g. openai/clip-vit-base-patch16)."""
 
     reference: str = "fp16"
-    prompts: str  # a text file kept in the repo, one prompt per line
+    prompts: str  # a `prompt_sets` name (a file or a `datasets` column) or a prompt file kept in the repo
     clip_model: str  # a `models` entry of family scorer
     seeds: list[int] = Field(default=[0], min_length=1)
     width: int = Field(default=512, gt=0)
@@ -167,8 +167,7 @@ pipe = OVDiffusionPipeline.from_pretrained("{path}")"""
 
     def check_params(self, settings: Text2ImageSettings, params, key: str) -> None:
         check_scorer(params, settings.clip_model, f"{key}.clip_model")
-        if not Path(settings.prompts).is_file():
-            raise ValueError(f"{key}.prompts: file not found: {settings.prompts}")
+        check_prompt_ref(settings.prompts, params.prompt_sets, f"{key}.prompts")
 
     def validation_metrics(self, settings, params, model: str) -> list[str]:
         names = ["clip_score", "clip_cosine", "images"]
@@ -178,7 +177,7 @@ pipe = OVDiffusionPipeline.from_pretrained("{path}")"""
 
     def plan_inputs(self, settings: Text2ImageSettings, params, model: str) -> dict[str, Path]:
         return {
-            "prompts": Path(settings.prompts),
+            "prompts": prompts_path(settings.prompts),
             f"scorer:{settings.clip_model}": source_manifest_path(settings.clip_model),
         }
 
@@ -195,7 +194,7 @@ pipe = OVDiffusionPipeline.from_pretrained("{path}")"""
         return [d for d in sorted(artifact.glob("tokenizer*")) if (d / "openvino_tokenizer.xml").is_file()]
 
     def prompts(self, s: Text2ImageSettings) -> list[str]:
-        return read_lines(s.prompts, "validate.text2image.prompts", "prompt")
+        return read_prompts(s.prompts, "validate.text2image.prompts", "prompt")
 
     def _render(self, make_image, ctx: RunContext, label: str, adapters=()) -> Validation:
         s: Text2ImageSettings = ctx.settings

@@ -14,20 +14,20 @@ from tqdm import tqdm
 
 from stages.core import metrics as m
 from stages.core.errors import BuildError, user_input
-from stages.core.io import read_lines
 from stages.core.paths import source_manifest_path
 from stages.core.schema import Strict, Variant
+from stages.core.textdata import check_prompt_ref, prompts_path, read_prompts
 from stages.families import register
 from stages.families.base import Comparison, Family, RunContext, Validation, check_scorer, worst
 
 
 class VLMSettings(Strict):
-    """A question file over images; answers compared via a sentence-embedding `scorer` model
+    """A question set over images; answers compared via a sentence-embedding `scorer` model
     (e.g. sentence-transformers/all-MiniLM-L6-v2)."""
 
     reference: str = "fp16"
     images: list[str] = Field(min_length=1)  # skimage:<name>, matplotlib:<sample file> or a file path
-    questions: str  # a text file kept in the repo, one question per line
+    questions: str  # a `prompt_sets` name (a file or a `datasets` column) or a question file kept in the repo
     embedding_model: str  # a `models` entry of family scorer
     max_new_tokens: int = Field(default=32, gt=0)
 
@@ -130,15 +130,14 @@ model = OVModelForVisualCausalLM.from_pretrained("{path}")"""
 
     def check_params(self, settings: VLMSettings, params, key: str) -> None:
         check_scorer(params, settings.embedding_model, f"{key}.embedding_model")
-        if not Path(settings.questions).is_file():
-            raise ValueError(f"{key}.questions: file not found: {settings.questions}")
+        check_prompt_ref(settings.questions, params.prompt_sets, f"{key}.questions")
 
     def validation_metrics(self, settings, params, model: str) -> list[str]:
         return ["answers_nonempty", "questions"]
 
     def plan_inputs(self, settings: VLMSettings, params, model: str) -> dict[str, Path]:
         files = {
-            "questions": Path(settings.questions),
+            "questions": prompts_path(settings.questions),
             f"scorer:{settings.embedding_model}": source_manifest_path(settings.embedding_model),
         }
         return files | {f"image:{spec}": Path(spec) for spec in settings.images if ":" not in spec}
@@ -161,7 +160,7 @@ model = OVModelForVisualCausalLM.from_pretrained("{path}")"""
         return [artifact / "openvino_language_model.xml"]
 
     def jobs(self, s: VLMSettings) -> list[tuple[str, str]]:
-        questions = read_lines(s.questions, "validate.vlm.questions", "question")
+        questions = read_prompts(s.questions, "validate.vlm.questions", "question")
         return [(image, q) for image in s.images for q in questions]
 
     def _answer_all(self, answer, ctx: RunContext, label: str) -> Validation:
