@@ -61,7 +61,13 @@ def searched(tmp_path_factory, tiny_checkpoint):
         shutil.copy(REPO / "search" / name, root / "search" / name)
     space = [
         {"weight_format": ["int8"]},
-        {"weight_format": ["int4"], "group_size": [32, 48], "ratio": RATIOS, "dataset": ["calib"]},
+        {
+            "weight_format": ["int4"],
+            "group_size": [32, 48],
+            "ratio": RATIOS,
+            "dataset": ["calib"],
+            "awq": [False, True],
+        },
     ]
     spec = {"searches": {"tiny-cpu": {"model": "tiny", "budget": {"max_increase_pct": 50}, "space": space}}}
     (root / "search" / "params.yaml").write_text(yaml.safe_dump(spec))
@@ -81,9 +87,13 @@ def test_search_bisects_chooses_the_smallest_passing_and_writes_a_variant(search
     result = read(root, "metrics/search/tiny-cpu.json")
     rows = {r["id"]: r for r in result["rows"]}
     # group 48 divides no layer of the tiny model: refused before any export
-    assert sum(r["status"] == "invalid" for r in rows.values()) == len(RATIOS)
+    assert sum(r["status"] == "invalid" for r in rows.values()) == 2 * len(RATIOS)
     measured = [r for r in rows.values() if r["status"] in ("passed", "failed")]
-    assert result["pruned"] == len(RATIOS) + 1 - len(measured) and len(measured) <= 1 + 3
+    assert result["pruned"] == 2 * len(RATIOS) + 1 - len(measured) and len(measured) <= 1 + 3
+    # the AWQ chain: its twin layouts were built (AWQ changes values, not sizes), none smaller than the chosen
+    awq = [r for r in rows.values() if r["recipe"].get("awq")]
+    assert all(r["status"] == "pruned" for r in awq if r["recipe"].get("group_size") == 32)
+    assert any("not smaller than a passing candidate" in r.get("reason", "") for r in awq), awq
     limit = result["budget"]["limit"]
     assert result["budget"]["source"] == read(root, "metrics/reference/tiny.json")["metrics"]["perplexity"]
     for r in measured:
