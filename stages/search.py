@@ -1,7 +1,6 @@
 """Recipe search: the smallest artifact per model and target that meets an accuracy budget against the source.
 
     python -m stages.search run [--search NAME]    # `make search`: every search in search/params.yaml
-    python -m stages.search candidate --id ID      # one candidate: the search/dvc.yaml stage candidate@ID
 
 A search (search/params.yaml) names a model, a target device, a budget against the source checkpoint in PyTorch
 (metrics/reference/<model>.json: run the root pipeline's reference stage first) and a candidate space: a list of
@@ -9,8 +8,8 @@ option grids over the variant keys of params.yaml (weight_format, group_size, sy
 backup_precision, all_layers, dataset, num_samples, ...). A combination the schema refuses (e.g. an NPU recipe that
 is not channel-wise symmetric int4) or whose group size divides no layer is no candidate.
 
-Every candidate the search visits becomes a DVC stage (search/candidates.yaml, read by search/dvc.yaml): export +
-perplexity on validate.llm's windows, cached by DVC, so a candidate built once (here, or on a host sharing the
+Every candidate the search visits becomes a DVC stage (search/candidates.yaml, read by search/dvc.yaml; the stage is
+stages/search_candidate.py): export + perplexity on validate.llm's windows, cached by DVC, so a candidate built once (here, or on a host sharing the
 run-cache) is never exported again. Candidates that differ only in `ratio` form a chain whose size grows and
 whose error shrinks as the ratio falls: the search bisects each chain for its smallest passing member (smallest
 first) and prunes the rest unbuilt; a candidate whose twin layout (the same recipe but for the data-aware options)
@@ -36,7 +35,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError
 
-from stages.check_params import family_settings, load_checked
+from stages.check_params import load_checked
 from stages.core.errors import BuildError, run_stage
 from stages.core.io import read_json, read_yaml, write_json, write_text
 from stages.core.paths import METRICS, checkpoint_dir
@@ -44,11 +43,9 @@ from stages.core.recipe import precheck_group_size
 from stages.core.runtime import log, setup_logging
 from stages.core.schema import Device, Strict, Variant
 from stages.params import Params, format_errors
+from stages.search_candidate import RESULTS, SEARCH, candidate_paths, load_candidates, save_candidates
 
-SEARCH = Path("search")
 SPEC_FILE = SEARCH / "params.yaml"
-CANDIDATES_FILE = SEARCH / "candidates.yaml"
-RESULTS = METRICS / "search"
 
 
 class Budget(Strict):
@@ -131,62 +128,6 @@ def bisect_chain(chain: list[dict], passes) -> None:
             hi = mid
         else:
             lo = mid + 1
-
-
-# ---------------------------------------------------------------- the candidate stage
-def load_candidates() -> dict:
-    data = read_yaml(CANDIDATES_FILE) if CANDIDATES_FILE.is_file() else None
-    return (data or {}).get("candidates") or {}
-
-
-def save_candidates(candidates: dict) -> None:
-    header = "# Written by `python -m stages.search run`: the candidates it visited (search/dvc.yaml builds each).\n"
-    body = yaml.safe_dump({"candidates": dict(sorted(candidates.items()))}, sort_keys=True)
-    write_text(CANDIDATES_FILE, header + body)
-
-
-def candidate_paths(cid: str) -> tuple[Path, Path]:
-    return SEARCH / "models" / cid, RESULTS / "candidates" / f"{cid}.json"
-
-
-def measure_candidate(cid: str) -> None:
-    from stages.core.textdata import eval_text
-    from stages.export import export
-    from stages.families.llm import perplexity
-
-    entry = load_candidates().get(cid)
-    if entry is None:
-        raise BuildError(f"{CANDIDATES_FILE}: no candidate '{cid}'")
-    params = load_checked()
-    variant = Variant.model_validate({**entry["recipe"], "targets": [entry["target"]]})
-    params = params.model_copy(update={"variants": {**params.variants, cid: variant}})
-    out, record = candidate_paths(cid)
-    manifest = export(params, f"{entry['model']}/{cid}", out)
-    s = family_settings(params, "llm")
-    device = measuring_device(entry["target"], params.validate_.proxy_device)
-    metrics = perplexity(
-        out, eval_text(s.eval_set), device, params.validate_.inference_precision, s.context_length, s.max_tokens
-    )
-    write_json(
-        record,
-        {
-            "id": cid,
-            "model": entry["model"],
-            "target": entry["target"],
-            "recipe": entry["recipe"],
-            "measured_on": device,
-            "size_bytes": manifest["size_bytes"],
-            "weight_bitwidths": manifest.get("weight_bitwidths"),
-            "metrics": metrics,
-        },
-    )
-
-
-def measuring_device(target: str, proxy: str) -> str:
-    """The target when this host has it, else the proxy device (the CPU path of an NPU/GPU recipe)."""
-    import openvino as ov
-
-    return target if target.split(".")[0] in ov.Core().available_devices else proxy
 
 
 # ---------------------------------------------------------------- the search
@@ -354,13 +295,8 @@ def main(argv=None) -> None:
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the searches of search/params.yaml")
     run.add_argument("--search", help="one search (default: all)")
-    one = sub.add_parser("candidate", help="export and measure one candidate (the search/dvc.yaml stage)")
-    one.add_argument("--id", required=True)
     args = ap.parse_args(argv)
     setup_logging()
-    if args.command == "candidate":
-        measure_candidate(args.id)
-        return None
     searches = load_searches().searches
     if args.search and args.search not in searches:
         raise BuildError(f"{SPEC_FILE}: no search '{args.search}' (have: {', '.join(searches)})")

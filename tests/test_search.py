@@ -74,7 +74,10 @@ def searched(tmp_path_factory, tiny_checkpoint):
     run = [sys.executable, "-m", "dvc", "repro", "reference@tiny"]
     proc = subprocess.run(run, cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    runs = [run_stage("stages.search", "run", cwd=root) for _ in range(2)]
+    runs = [run_stage("stages.search", "run", cwd=root)]
+    with (root / "stages/search.py").open("a") as f:  # the strategy changes, the candidate stage does not
+        f.write("\n# an edit to the search strategy\n")
+    runs.append(run_stage("stages.search", "run", cwd=root))
     return root, runs
 
 
@@ -108,7 +111,7 @@ def test_search_bisects_chooses_the_smallest_passing_and_writes_a_variant(search
     assert sorted(p["id"] for p in points) == sorted(r["id"] for r in measured)
 
 
-def test_a_second_search_exports_nothing_and_the_candidates_are_dvc_stages(searched):
+def test_a_second_search_exports_nothing_even_after_a_strategy_edit_and_the_candidates_are_dvc_stages(searched):
     root, _ = searched
     result = read(root, "metrics/search/tiny-cpu.json")
     assert result["built"] == 0 and result["restored_from_cache"] >= 1
