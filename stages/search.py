@@ -248,11 +248,29 @@ def write_results(result: dict) -> None:
     write_text(RESULTS / f"{name}-pareto.svg", pareto_svg(points, result))
     chosen = SEARCH / "chosen" / f"{name}.yaml"
     if result["chosen"]:
-        variant = {**result["chosen"]["recipe"], "target": result["target"]}
-        note = f"# chosen by `make search` ({name}): {result['budget']['metric']} {result['chosen']['metrics']['perplexity']:.4g} <= {result['budget']['limit']:.4g}\n"
-        write_text(chosen, note + yaml.safe_dump({"variants": {f"{name}": variant}}, sort_keys=True))
+        write_text(chosen, chosen_yaml(result))
     elif chosen.exists():
         chosen.unlink()
+
+
+def chosen_yaml(result: dict) -> str:
+    """The chosen recipe as a variant to paste into params.yaml, and the evidence the release card quotes."""
+    metric, c = result["budget"]["metric"], result["chosen"]
+
+    def brief(r):
+        return {"recipe": r["recipe"], metric: r["metrics"][metric], "size_bytes": r["size_bytes"]}
+
+    evidence = {
+        "model": result["model"],
+        "target": result["target"],
+        "budget": result["budget"],
+        "chosen": brief(c),
+        "runners_up": [brief(r) for r in result["runners_up"]],
+        **{k: result[k] for k in ("candidates", "pruned", "invalid")},  # not the build counts: they vary by host
+    }
+    head = f"# chosen by `make search` ({result['search']}): {metric} {c['metrics'][metric]:.4g} <= {result['budget']['limit']:.4g}\n"
+    variant = {**c["recipe"], "target": result["target"]}
+    return head + yaml.safe_dump({"variants": {result["search"]: variant}, "search": evidence}, sort_keys=False)
 
 
 def pareto_svg(points: list[dict], result: dict) -> str:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from stages.core.schema import Variant
-from stages.search import Budget, Search, bisect_chain, chains, summarise
+from stages.search import Budget, Search, bisect_chain, chains, chosen_yaml, summarise
 from tests.conftest import REPO, error_line, run_stage
 
 RATIOS = [1.0, 0.75, 0.5, 0.25]
@@ -56,7 +56,7 @@ def searched(tmp_path_factory, tiny_checkpoint):
     params = tiny_params(tiny_checkpoint, text)
     params["calibration"] = {"calib": {"path": str(text), "max_chars": 2000}}
     scaffold(root, params)
-    (root / "search").mkdir()
+    (root / "search").mkdir(exist_ok=True)  # scaffold made search/chosen
     for name in ("dvc.yaml", "candidates.yaml"):
         shutil.copy(REPO / "search" / name, root / "search" / name)
     space = [
@@ -138,3 +138,29 @@ def test_a_space_key_that_is_no_variant_option_is_one_line(searched):
         )
     finally:
         shutil.copy(root / "search/params-good.yaml", root / "search/params.yaml")
+
+
+def test_the_card_quotes_the_search_only_for_its_unchanged_choice(tmp_path, monkeypatch):
+    from stages.release import search_evidence
+
+    def row(ratio, ppl, size):
+        recipe = {"weight_format": "int4", "group_size": 64, "ratio": ratio}
+        return {
+            "id": str(ratio),
+            "recipe": recipe,
+            "status": "passed",
+            "size_bytes": size,
+            "metrics": {"perplexity": ppl},
+        }
+
+    search = Search(model="m", budget=Budget(max_increase_pct=10), space=[{"weight_format": ["int8"]}])
+    result = summarise("m-cpu", search, 68.29, 75.12, [row(0.6, 72.5, 114_552_521), row(0.4, 69.8, 124_246_259)], 9)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "search/chosen").mkdir(parents=True)
+    (tmp_path / "search/chosen/m-cpu.yaml").write_text(chosen_yaml(result))
+    chosen = Variant.model_validate(yaml.safe_load(chosen_yaml(result))["variants"]["m-cpu"])
+    text = search_evidence("m", "m-cpu", chosen)
+    assert text.startswith("Chosen by recipe search `m-cpu` (`make search`): the smallest of 2 candidates"), text
+    assert "perplexity 72.5, 114.6 MB" in text and "Runners-up" in text and "perplexity 69.8, 124.2 MB" in text
+    assert search_evidence("other-model", "m-cpu", chosen) is None
+    assert search_evidence("m", "m-cpu", chosen.model_copy(update={"ratio": 0.8})) is None
