@@ -164,3 +164,37 @@ def test_the_card_quotes_the_search_only_for_its_unchanged_choice(tmp_path, monk
     assert "perplexity 72.5, 114.6 MB" in text and "Runners-up" in text and "perplexity 69.8, 124.2 MB" in text
     assert search_evidence("other-model", "m-cpu", chosen) is None
     assert search_evidence("m", "m-cpu", chosen.model_copy(update={"ratio": 0.8})) is None
+
+
+def test_the_report_shows_each_search_with_its_pareto_plot(tmp_path, monkeypatch):
+    from stages.report import TEMPLATES, searches
+    from stages.search import write_results
+
+    rows = [
+        {
+            "id": "a",
+            "recipe": {"weight_format": "int8"},
+            "status": "passed",
+            "size_bytes": 14e7,
+            "metrics": {"perplexity": 68.6},
+        },
+        {
+            "id": "b",
+            "recipe": {"weight_format": "int4", "group_size": 64},
+            "status": "failed",
+            "size_bytes": 9e7,
+            "metrics": {"perplexity": 86.4},
+        },
+    ]
+    search = Search(model="m", budget=Budget(max_increase_pct=10), space=[{"weight_format": ["int8"]}])
+    monkeypatch.chdir(tmp_path)
+    write_results(summarise("m-cpu", search, 68.29, 75.12, rows, 42.0))
+    [shown] = searches()
+    assert shown["choice"].startswith("int8") and "perplexity 68.6, 140.0 MB" in shown["choice"]
+    verdict = {"passed": True, "mode": "dev", "counts": {"pass": 1, "fail": 0, "not_validated": 0}, "failed": []}
+    empty = dict.fromkeys(["families", "adapters", "pairs", "performance", "plots", "sheets", "times", "notes"], [])
+    context = {**empty, "verdict": {**verdict, "released": [], "withheld": []}, "performance_columns": []}
+    html = TEMPLATES.get_template("report.html.j2").render(**context, searches=[shown])
+    markdown = TEMPLATES.get_template("report.md.j2").render(**context, searches=[shown])
+    assert "- **m-cpu** (m on CPU, perplexity <= 75.12, +10.0 % vs source): int8" in markdown, markdown
+    assert 'data-search="m-cpu"' in html and "<svg" in html
