@@ -5,7 +5,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 VENV := .venv/bin
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup all repro regress test test-fast bench publish qwen-weights
+.PHONY: setup all repro regress search test test-fast bench publish qwen-weights
 
 setup:
 	bash scripts/setup.sh
@@ -21,6 +21,10 @@ repro:
 
 regress:
 	$(VENV)/python -m stages.regress
+
+# Recipe search (search/params.yaml) on a built default: the smallest recipe per model and target within budget.
+search:
+	$(VENV)/python -m stages.search run
 
 # Share this host's build: artifacts + run history to the default DVC remote (see .dvc/config).
 publish:

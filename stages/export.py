@@ -65,7 +65,8 @@ def check_tokenizers(root: Path, folders: list[Path], mode: str, artifact: str) 
     return {"share": min(s["share"] for s in summaries.values()), "folders": summaries}
 
 
-def export(params: Params, artifact: str) -> dict:
+def export(params: Params, artifact: str, out: Path | None = None) -> dict:
+    """Export one artifact into `out` (default: models/<model>/<variant>); returns its manifest."""
     model, variant_name = split_artifact(artifact)
     spec, variant = params.spec(model), params.variants[variant_name]
     family = get_family(spec.family)
@@ -79,7 +80,7 @@ def export(params: Params, artifact: str) -> dict:
     calibration = (
         calibration_samples(variant.dataset, family.calibration_chars) if variant.dataset and not prebuilt else None
     )
-    with atomic_dir(artifact_dir(artifact)) as tmp:
+    with atomic_dir(out or artifact_dir(artifact)) as tmp:
         if prebuilt:
             log.info("%s is a pre-exported OpenVINO IR: checking it against variant %s", model, variant_name)
             copy_prebuilt(checkpoint, tmp, family.task)

@@ -22,10 +22,10 @@ import yaml
 from stages.check_params import family_settings, load_checked_stage_params
 from stages.core.errors import BuildError, run_stage
 from stages.core.formatting import LEVELS, by_adapter, example_text, fmt, recipe_label
-from stages.core.io import atomic_dir, file_inventory, read_json, write_json, write_text
+from stages.core.io import atomic_dir, file_inventory, read_json, read_yaml, write_json, write_text
 from stages.core.paths import GATE_PATH, RELEASE, SOURCE, artifact_dir, reference_path, split_artifact, validation_path
 from stages.core.runtime import log, setup_logging
-from stages.core.schema import TinySource
+from stages.core.schema import TinySource, Variant
 from stages.core.tokenizers import describe_mismatch
 from stages.families import get_family
 from stages.params import Params, stage_parser
@@ -223,6 +223,38 @@ def parity_text(parity: dict) -> str:
     )
 
 
+SEARCH_CHOSEN = Path("search") / "chosen"
+
+
+def search_evidence(model: str, variant_name: str, recipe: Variant) -> str | None:
+    """When the variant is a recipe search's choice pasted unchanged (search/chosen/<name>.yaml): what the card says
+    of the search (budget, the choice, the runners-up)."""
+    path = SEARCH_CHOSEN / f"{variant_name}.yaml"
+    if not path.is_file():
+        return None
+    data = read_yaml(path) or {}
+    ev = data.get("search") or {}
+    chosen = (data.get("variants") or {}).get(variant_name)
+    if ev.get("model") != model or chosen is None or Variant.model_validate(chosen) != recipe:
+        return None
+    budget, metric = ev["budget"], ev["budget"]["metric"]
+
+    def one(r):
+        return f"{recipe_label(Variant.model_validate({**r['recipe'], 'target': ev['target']}))}: {metric} {fmt(r[metric])}, {r['size_bytes'] / 1e6:.1f} MB"
+
+    lines = [
+        f"Chosen by recipe search `{variant_name}` (`make search`): the smallest of {ev['candidates']} candidates "
+        f"whose {metric} stays within +{fmt(budget['max_increase_pct'])} % of the source checkpoint in PyTorch "
+        f"({fmt(budget['source'])}; limit {fmt(budget['limit'])}); this recipe: {one(ev['chosen'])}.",
+        *(
+            ["Runners-up (larger, also within budget):"] + [f"- {one(r)}" for r in ev["runners_up"]]
+            if ev["runners_up"]
+            else []
+        ),
+    ]
+    return "\n".join(lines)
+
+
 def card(params: Params, gate: dict, artifact: str, role: str) -> tuple[str, dict]:
     """The card text and the artifact's manifest entry; `role` is main (in build) or draft."""
     model, variant = split_artifact(artifact)
@@ -254,6 +286,7 @@ def card(params: Params, gate: dict, artifact: str, role: str) -> tuple[str, dic
         license=spec.license,
         variant=variant,
         recipe=recipe_label(recipe),
+        search=search_evidence(model, variant, recipe),
         rt_info=manifest.get("rt_info", {}),
         bitwidths=manifest["weight_bitwidths"],
         size_mb=manifest["size_bytes"] / 1e6,

@@ -38,7 +38,7 @@ from stages.core.paths import (
     split_artifact,
 )
 from stages.core.runtime import setup_logging
-from stages.core.schema import TinySource
+from stages.core.schema import TinySource, Variant
 from stages.families import get_family
 from stages.params import Params, stage_parser
 from stages.runner import CONTACT_SHEET
@@ -316,6 +316,27 @@ def stage_times() -> list[dict]:
     return [{**e, "minutes": f"{e['seconds'] / 60:.1f}"} for e in rows]
 
 
+def searches() -> list[dict]:
+    """The recipe searches run here (`make search`): choice, counts and the Pareto plot."""
+    rows = []
+    for path in sorted((METRICS / "search").glob("*.json")):
+        result = read_json(path, "search result")
+        chosen, metric = result.get("chosen"), result["budget"]["metric"]
+        svg = path.with_name(f"{path.stem}-pareto.svg")
+        rows.append(
+            {
+                **result,
+                "limit": fmt(result["budget"]["limit"]),
+                "choice": f"{recipe_label(Variant.model_validate({**chosen['recipe'], 'target': result['target']}))}: "
+                f"{metric} {fmt(chosen['metrics'][metric])}, {chosen['size_bytes'] / 1e6:.1f} MB"
+                if chosen
+                else result["verdict"],
+                "svg": Markup(svg.read_text()[svg.read_text().index("<svg") :]) if svg.is_file() else None,
+            }
+        )
+    return rows
+
+
 def context(params: Params) -> dict:
     gate = read_json(GATE_PATH, "gate summary (run `dvc repro gate`)")
     release = optional_json(RELEASE / "manifest.json")
@@ -328,6 +349,7 @@ def context(params: Params) -> dict:
         "performance": perf,
         "performance_columns": perf_columns,
         "plots": plots(params, gate),
+        "searches": searches(),
         "sheets": contact_sheets(params, gate),
         "times": stage_times(),
         "notes": NOTES,

@@ -117,7 +117,12 @@ def scaffold(root: Path, params: dict) -> Path:
     shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "prompts", root / "prompts")
-    for keep in ("models/adapters/README.md", "data/sources/README.md"):
+    for keep in (
+        "models/adapters/README.md",
+        "data/sources/README.md",
+        "search/chosen/README.md",
+        "metrics/search/README.md",
+    ):
         (root / keep).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / keep, root / keep)
     write_params(root, params)
