@@ -244,8 +244,8 @@ def search_evidence(model: str, variant_name: str, recipe: Variant) -> str | Non
 
     lines = [
         f"Chosen by recipe search `{variant_name}` (`make search`): the smallest of {ev['candidates']} candidates "
-        f"whose {metric} stays within +{fmt(budget['max_increase_pct'])} % of the source checkpoint in PyTorch "
-        f"({fmt(budget['source'])}; limit {fmt(budget['limit'])}); this recipe: {one(ev['chosen'])}.",
+        f"within the budget {budget['bound']}, the source checkpoint in PyTorch having {fmt(budget['source'])}; "
+        f"this recipe: {one(ev['chosen'])}.",
         *(
             ["Runners-up (larger, also within budget):"] + [f"- {one(r)}" for r in ev["runners_up"]]
             if ev["runners_up"]

@@ -30,18 +30,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
-from stages.check_params import load_checked
+from stages.check_params import family_settings, load_checked
 from stages.core.errors import BuildError, run_stage
 from stages.core.io import read_json, read_yaml, write_json, write_text
 from stages.core.paths import METRICS, checkpoint_dir
 from stages.core.recipe import precheck_group_size
 from stages.core.runtime import log, setup_logging
 from stages.core.schema import Device, Strict, Variant
+from stages.core.thresholds import bounds_of, check, describe
+from stages.families import get_family
 from stages.params import Params, format_errors
 from stages.search_candidate import RESULTS, SEARCH, candidate_paths, load_candidates, save_candidates
 
@@ -49,12 +51,40 @@ SPEC_FILE = SEARCH / "params.yaml"
 
 
 class Budget(Strict):
-    metric: Literal["perplexity"] = "perplexity"  # the LLM budget; other families' metrics are not searched yet
-    max_increase_pct: float = Field(gt=0)  # against the source checkpoint in PyTorch
+    """A bound on one of the family's validation metrics against the source checkpoint in PyTorch, in the gate's
+    terms: `max_increase[_pct]` for a lower-is-better metric (perplexity, WER), `max_decrease[_pct]` for a
+    higher-is-better one (CLIP score, retrieval top-1)."""
+
+    metric: str = "perplexity"
+    max_increase: float | None = Field(default=None, ge=0)
+    max_increase_pct: float | None = Field(default=None, ge=0)
+    max_decrease: float | None = Field(default=None, ge=0)
+    max_decrease_pct: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def one_bound(self):
+        if len(self.bounds()) != 1:
+            raise ValueError("set exactly one of max_increase, max_increase_pct, max_decrease, max_decrease_pct")
+        return self
+
+    def bounds(self) -> dict[str, float]:
+        return bounds_of(self)
+
+    def lower_is_better(self) -> bool:
+        return next(iter(self.bounds())).startswith("max_increase")
+
+    def limit(self, source: float) -> float:
+        """The metric value at the bound."""
+        ((name, amount),) = self.bounds().items()
+        change = amount * abs(source) / 100 if name.endswith("_pct") else amount
+        return source + change if self.lower_is_better() else source - change
+
+    def describe(self) -> str:
+        return describe(self.bounds(), "source")
 
 
 class Search(Strict):
-    model: str  # an llm in params.yaml's models
+    model: str  # a model in params.yaml's models (any family with a source reference)
     target: Device = "CPU"
     budget: Budget
     space: list[dict[str, list[Any]]] = Field(min_length=1)  # option grids; the union of their products
@@ -141,11 +171,11 @@ def source_metric(model: str, metric: str) -> float:
     return float(value)
 
 
-def build_candidate(c: dict, model: str, target: str) -> dict:
+def build_candidate(c: dict, model: str, family: str, target: str) -> dict:
     """Register the candidate as a stage and reproduce it (DVC restores it from its cache when it was built
     before); its record, with the wall time this took here."""
     candidates = load_candidates()
-    candidates[c["id"]] = {"model": model, "target": target, "recipe": c["recipe"]}
+    candidates[c["id"]] = {"model": model, "family": family, "target": target, "recipe": c["recipe"]}
     save_candidates(candidates)
     start = time.time()
     stage = f"search/dvc.yaml:candidate@{c['id']}"
@@ -165,12 +195,19 @@ def build_candidate(c: dict, model: str, target: str) -> dict:
 
 def run_search(name: str, search: Search, params: Params) -> dict:
     spec = params.spec(search.model)
-    if spec is None or spec.family != "llm":
-        raise BuildError(f"searches.{name}.model: '{search.model}' is not an llm in params.yaml (only llm is searched)")
+    if spec is None:
+        raise BuildError(f"searches.{name}.model: '{search.model}' is not a model of params.yaml")
+    family = get_family(spec.family)
+    known = family.validation_metrics(family_settings(params, family.name), params, search.model)
+    if search.budget.metric not in known:
+        raise BuildError(
+            f"searches.{name}.budget.metric: '{search.budget.metric}' is not a validation metric of {spec.family} "
+            f"model '{search.model}' (have: {', '.join(known)})"
+        )
     if not (checkpoint_dir(search.model) / "manifest.json").is_file():
         raise BuildError(f"searches.{name}.model: no checkpoint; run `dvc repro fetch@{search.model}` first")
     source = source_metric(search.model, search.budget.metric)
-    limit = source * (1 + search.budget.max_increase_pct / 100)
+    limit = search.budget.limit(source)
     candidates, refused = expand(name, search, params)
     for c in list(candidates):
         try:
@@ -191,9 +228,9 @@ def run_search(name: str, search: Search, params: Params) -> dict:
             results[c["id"]] = {**row, "status": "pruned", "reason": reason}
             return True  # every larger member of its chain is not smaller either
         log.info("search %s: candidate %s %s", name, c["id"], c["recipe"])
-        r = build_candidate(c, search.model, search.target)
+        r = build_candidate(c, search.model, spec.family, search.target)
         value = r.get("metrics", {}).get(search.budget.metric)
-        r["status"] = r.get("status") or ("passed" if value is not None and value <= limit else "failed")
+        r["status"] = r.get("status") or ("passed" if check(search.budget.bounds(), value, source).ok else "failed")
         results[c["id"]] = {**row, **r}
         if "size_bytes" in r:
             sizes[size_layout(c["recipe"])] = r["size_bytes"]
@@ -209,18 +246,27 @@ def run_search(name: str, search: Search, params: Params) -> dict:
 
 
 def summarise(name: str, search: Search, source: float, limit: float, rows: list[dict], seconds: float) -> dict:
+    sign = 1 if search.budget.lower_is_better() else -1
     passed = sorted(
-        (r for r in rows if r["status"] == "passed"), key=lambda r: (r["size_bytes"], r["metrics"]["perplexity"])
+        (r for r in rows if r["status"] == "passed"),
+        key=lambda r: (r["size_bytes"], sign * r["metrics"][search.budget.metric]),
     )
     built = [r for r in rows if "size_bytes" in r]
     return {
         "search": name,
         "model": search.model,
         "target": search.target,
-        "budget": search.budget.model_dump() | {"source": source, "limit": limit},
+        "budget": search.budget.model_dump(exclude_none=True)
+        | {
+            "source": source,
+            "limit": limit,
+            "bound": f"{search.budget.metric} {'<=' if sign > 0 else '>='} {limit:.4g} ({search.budget.describe()})",
+        },
         "chosen": passed[0] if passed else None,
         "runners_up": passed[1:4],
-        "verdict": "chosen" if passed else f"no candidate in the space meets {search.budget.metric} <= {limit:.4g}",
+        "verdict": "chosen"
+        if passed
+        else f"no candidate in the space meets {search.budget.metric} {'<=' if sign > 0 else '>='} {limit:.4g}",
         "candidates": len(rows),
         "built": sum(1 for r in built if not r.get("cached")),
         "restored_from_cache": sum(1 for r in built if r.get("cached")),
@@ -232,16 +278,16 @@ def summarise(name: str, search: Search, source: float, limit: float, rows: list
 
 
 def write_results(result: dict) -> None:
-    name = result["search"]
+    name, metric = result["search"], result["budget"]["metric"]
     points = [
         {
             "id": r["id"],
             "size_mb": round(r["size_bytes"] / 1e6, 3),
-            "perplexity": r["metrics"]["perplexity"],
+            metric: r["metrics"].get(metric),
             "status": r["status"],
         }
         for r in result["rows"]
-        if "size_bytes" in r
+        if "size_bytes" in r and r["metrics"].get(metric) is not None
     ]
     write_json(RESULTS / f"{name}.json", result)
     write_json(METRICS / "plots" / f"search-{name}.json", points)
@@ -268,7 +314,7 @@ def chosen_yaml(result: dict) -> str:
         "runners_up": [brief(r) for r in result["runners_up"]],
         **{k: result[k] for k in ("candidates", "pruned", "invalid")},  # not the build counts: they vary by host
     }
-    head = f"# chosen by `make search` ({result['search']}): {metric} {c['metrics'][metric]:.4g} <= {result['budget']['limit']:.4g}\n"
+    head = f"# chosen by `make search` ({result['search']}): {metric} {c['metrics'][metric]:.4g}, bound {result['budget']['limit']:.4g}\n"
     variant = {**c["recipe"], "target": result["target"]}
     return head + yaml.safe_dump({"variants": {result["search"]: variant}, "search": evidence}, sort_keys=False)
 
@@ -282,15 +328,16 @@ def pareto_svg(points: list[dict], result: dict) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metric = result["budget"]["metric"]
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": result["search"]}):
         fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
         for status, marker in (("passed", "o"), ("failed", "x")):
             mine = [p for p in points if p["status"] == status]
-            ax.scatter([p["size_mb"] for p in mine], [p["perplexity"] for p in mine], marker=marker, label=status)
+            ax.scatter([p["size_mb"] for p in mine], [p[metric] for p in mine], marker=marker, label=status)
         ax.axhline(result["budget"]["limit"], linestyle="--", color="grey", label="budget")
         if result["chosen"]:
             c = next(p for p in points if p["id"] == result["chosen"]["id"])
-            ax.scatter([c["size_mb"]], [c["perplexity"]], s=160, facecolors="none", edgecolors="red", label="chosen")
+            ax.scatter([c["size_mb"]], [c[metric]], s=160, facecolors="none", edgecolors="red", label="chosen")
         ax.set(title=f"search {result['search']}", xlabel="artifact size (MB)", ylabel=result["budget"]["metric"])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -1,5 +1,6 @@
-"""Stage candidate@<id> of search/dvc.yaml: export one recipe-search candidate into search/models/<id> and score
-its perplexity on validate.llm's windows (metrics/search/candidates/<id>.json).
+"""Stage candidate@<id> of search/dvc.yaml: export one recipe-search candidate into search/models/<id> and validate
+it as its family validates any artifact (perplexity, WER, retrieval, ... on validate.<family>'s data), on the target
+device or else the proxy device (metrics/search/candidates/<id>.json).
 
     python -m stages.search_candidate --id ID
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.check_params import family_settings, load_checked
+from stages.check_params import load_checked
 from stages.core.errors import BuildError, run_stage
 from stages.core.io import read_yaml, write_json, write_text
 from stages.core.paths import METRICS
@@ -42,9 +43,9 @@ def candidate_paths(cid: str) -> tuple[Path, Path]:
 
 
 def measure_candidate(cid: str) -> None:
-    from stages.core.textdata import eval_text
     from stages.export import export
-    from stages.families.llm import perplexity
+    from stages.families import get_family
+    from stages.runner import make_context
 
     entry = load_candidates().get(cid)
     if entry is None:
@@ -54,11 +55,11 @@ def measure_candidate(cid: str) -> None:
     params = params.model_copy(update={"variants": {**params.variants, cid: variant}})
     out, record = candidate_paths(cid)
     manifest = export(params, f"{entry['model']}/{cid}", out)
-    s = family_settings(params, "llm")
+    family = get_family(params.family_of(entry["model"]))
     device = measuring_device(entry["target"], params.validate_.proxy_device)
-    metrics = perplexity(
-        out, eval_text(s.eval_set), device, params.validate_.inference_precision, s.context_length, s.max_tokens
-    )
+    options = family.device_options(device, variant, {})
+    ctx = make_context(params, family, entry["model"], adapters=[], device_config=options)  # adapters: not searched
+    metrics = family.validate(out, device, ctx).metrics
     write_json(
         record,
         {

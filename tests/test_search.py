@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from stages.core.schema import Variant
 from stages.search import Budget, Search, bisect_chain, chains, chosen_yaml, summarise
@@ -43,6 +44,31 @@ def test_no_passing_candidate_is_reported_not_chosen():
     rows = [{"id": "a", "recipe": {}, "status": "failed", "size_bytes": 10, "metrics": {"perplexity": 20.0}}]
     result = summarise("s", search, 10.0, 10.5, rows, 1.0)
     assert result["chosen"] is None and result["verdict"].startswith("no candidate in the space meets perplexity")
+
+
+def test_a_budget_sets_exactly_one_bound_in_the_gate_terms():
+    with pytest.raises(ValidationError, match="exactly one"):
+        Budget(metric="wer_clean")
+    with pytest.raises(ValidationError, match="exactly one"):
+        Budget(max_increase=0.01, max_increase_pct=5)
+    assert Budget(metric="wer_clean", max_increase=0.01).limit(0.05) == pytest.approx(0.06)
+    assert Budget(metric="retrieval_top1", max_decrease_pct=10).limit(0.8) == pytest.approx(0.72)
+
+
+def test_a_higher_is_better_budget_chooses_the_smallest_that_stays_above_it():
+    search = Search(
+        model="m", budget=Budget(metric="retrieval_top1", max_decrease=0.05), space=[{"weight_format": ["int8"]}]
+    )
+    rows = [
+        {"id": "small", "recipe": {}, "status": "failed", "size_bytes": 5, "metrics": {"retrieval_top1": 0.7}},
+        {"id": "mid", "recipe": {}, "status": "passed", "size_bytes": 8, "metrics": {"retrieval_top1": 0.78}},
+        {"id": "big", "recipe": {}, "status": "passed", "size_bytes": 8, "metrics": {"retrieval_top1": 0.8}},
+    ]
+    result = summarise("s", search, 0.8, 0.75, rows, 1.0)
+    assert result["chosen"]["id"] == "big"  # same size: the better metric first
+    assert result["budget"]["bound"] == "retrieval_top1 >= 0.75 (-0.05 vs source)"
+    result = summarise("s", search, 0.8, 0.75, rows[:1], 1.0)
+    assert result["verdict"] == "no candidate in the space meets retrieval_top1 >= 0.75"
 
 
 @pytest.fixture(scope="module")
@@ -123,21 +149,32 @@ def test_a_second_search_exports_nothing_even_after_a_strategy_edit_and_the_cand
     assert proc.returncode == 0 and "changed" not in proc.stdout, proc.stdout
 
 
+def search_error(root, mutate) -> str:
+    """The error line of a search run on a mutated copy of the tiny project's search/params.yaml."""
+    good = root / "search/params-good.yaml"
+    shutil.copy(root / "search/params.yaml", good)
+    bad = yaml.safe_load(good.read_text())
+    mutate(bad["searches"]["tiny-cpu"])
+    (root / "search/params.yaml").write_text(yaml.safe_dump(bad))
+    try:
+        return error_line(run_stage("stages.search", "run", cwd=root, check=False))
+    finally:
+        shutil.copy(good, root / "search/params.yaml")
+
+
 def test_a_space_key_that_is_no_variant_option_is_one_line(searched):
     root, _ = searched
-    bad = yaml.safe_load((root / "search/params.yaml").read_text())
-    bad["searches"]["tiny-cpu"]["space"].append({"weight_format": ["int4"], "gropu_size": [32]})
-    (root / "search/params-bad.yaml").write_text(yaml.safe_dump(bad))
-    shutil.copy(root / "search/params.yaml", root / "search/params-good.yaml")
-    shutil.copy(root / "search/params-bad.yaml", root / "search/params.yaml")
-    try:
-        proc = run_stage("stages.search", "run", cwd=root, check=False)
-        assert (
-            error_line(proc)
-            == "error: searches.tiny-cpu.space.2.gropu_size: not a variant option (see docs/params-reference.md)"
-        )
-    finally:
-        shutil.copy(root / "search/params-good.yaml", root / "search/params.yaml")
+    line = search_error(root, lambda s: s["space"].append({"weight_format": ["int4"], "gropu_size": [32]}))
+    assert line == "error: searches.tiny-cpu.space.2.gropu_size: not a variant option (see docs/params-reference.md)"
+
+
+def test_a_budget_metric_the_family_does_not_record_is_one_line(searched):
+    root, _ = searched
+    line = search_error(root, lambda s: s["budget"].update(metric="wer_clean"))
+    assert line.startswith(
+        "error: searches.tiny-cpu.budget.metric: 'wer_clean' is not a validation metric of llm model 'tiny' (have: "
+        "perplexity,"
+    ), line
 
 
 def test_the_card_quotes_the_search_only_for_its_unchanged_choice(tmp_path, monkeypatch):
@@ -196,5 +233,5 @@ def test_the_report_shows_each_search_with_its_pareto_plot(tmp_path, monkeypatch
     context = {**empty, "verdict": {**verdict, "released": [], "withheld": []}, "performance_columns": []}
     html = TEMPLATES.get_template("report.html.j2").render(**context, searches=[shown])
     markdown = TEMPLATES.get_template("report.md.j2").render(**context, searches=[shown])
-    assert "- **m-cpu** (m on CPU, perplexity <= 75.12, +10.0 % vs source): int8" in markdown, markdown
+    assert "- **m-cpu** (m on CPU, perplexity <= 75.12 (+10% vs source)): int8" in markdown, markdown
     assert 'data-search="m-cpu"' in html and "<svg" in html
