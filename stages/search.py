@@ -171,11 +171,11 @@ def source_metric(model: str, metric: str) -> float:
     return float(value)
 
 
-def build_candidate(c: dict, model: str, family: str, target: str) -> dict:
+def build_candidate(c: dict, model: str, target: str) -> dict:
     """Register the candidate as a stage and reproduce it (DVC restores it from its cache when it was built
     before); its record, with the wall time this took here."""
     candidates = load_candidates()
-    candidates[c["id"]] = {"model": model, "family": family, "target": target, "recipe": c["recipe"]}
+    candidates[c["id"]] = {"model": model, "target": target, "recipe": c["recipe"]}
     save_candidates(candidates)
     start = time.time()
     stage = f"search/dvc.yaml:candidate@{c['id']}"
@@ -228,9 +228,11 @@ def run_search(name: str, search: Search, params: Params) -> dict:
             results[c["id"]] = {**row, "status": "pruned", "reason": reason}
             return True  # every larger member of its chain is not smaller either
         log.info("search %s: candidate %s %s", name, c["id"], c["recipe"])
-        r = build_candidate(c, search.model, spec.family, search.target)
-        value = r.get("metrics", {}).get(search.budget.metric)
-        r["status"] = r.get("status") or ("passed" if check(search.budget.bounds(), value, source).ok else "failed")
+        r = build_candidate(c, search.model, search.target)
+        if not r.get("status"):
+            verdict = check(search.budget.bounds(), r["metrics"].get(search.budget.metric), source)
+            r["status"] = "passed" if verdict.ok else "failed"
+            r |= {} if verdict.ok else {"reason": verdict.note}
         results[c["id"]] = {**row, **r}
         if "size_bytes" in r:
             sizes[size_layout(c["recipe"])] = r["size_bytes"]
@@ -247,6 +249,7 @@ def run_search(name: str, search: Search, params: Params) -> dict:
 
 def summarise(name: str, search: Search, source: float, limit: float, rows: list[dict], seconds: float) -> dict:
     sign = 1 if search.budget.lower_is_better() else -1
+    bound = f"{search.budget.metric} {'<=' if sign > 0 else '>='} {limit:.4g}"
     passed = sorted(
         (r for r in rows if r["status"] == "passed"),
         key=lambda r: (r["size_bytes"], sign * r["metrics"][search.budget.metric]),
@@ -260,13 +263,11 @@ def summarise(name: str, search: Search, source: float, limit: float, rows: list
         | {
             "source": source,
             "limit": limit,
-            "bound": f"{search.budget.metric} {'<=' if sign > 0 else '>='} {limit:.4g} ({search.budget.describe()})",
+            "bound": f"{bound} ({search.budget.describe()})",
         },
         "chosen": passed[0] if passed else None,
         "runners_up": passed[1:4],
-        "verdict": "chosen"
-        if passed
-        else f"no candidate in the space meets {search.budget.metric} {'<=' if sign > 0 else '>='} {limit:.4g}",
+        "verdict": "chosen" if passed else f"no candidate in the space meets {bound}",
         "candidates": len(rows),
         "built": sum(1 for r in built if not r.get("cached")),
         "restored_from_cache": sum(1 for r in built if r.get("cached")),
