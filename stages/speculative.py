@@ -63,6 +63,7 @@ def lookup_pairing(params: Params, name: str) -> dict:
     model, variant = entry.main.split("/")
     return {
         "status": "paired",
+        "kind": "prompt-lookup",
         "expect": "compatible",
         "main": {"model": model, "variant": variant, "path": artifact_dir(entry.main).as_posix(), "device": device},
         "draft": {"model": "prompt-lookup", "variant": "-", "path": None, "device": device},
@@ -83,6 +84,7 @@ def validate_pair(params: Params, name: str, speed: bool = False) -> dict:
         "main_device": main["device"],
         "draft_device": draft["device"],
         "expect": pairing["expect"],
+        "draft_kind": pairing.get("kind", "draft"),
         "metrics": {},
     }
     missing = [d for d in dict.fromkeys((main["device"], draft["device"])) if not device_present(d)]
@@ -90,7 +92,7 @@ def validate_pair(params: Params, name: str, speed: bool = False) -> dict:
         record |= {
             "status": "refused",
             "reason": "tokenizer check refused the draft",
-            "problems": pairing["tokenizer_check"]["problems"],
+            "problems": pairing["tokenizer_check"]["problems"] + pairing.get("eagle3_check", {}).get("problems", []),
         }
     elif missing:
         record |= {
@@ -99,18 +101,17 @@ def validate_pair(params: Params, name: str, speed: bool = False) -> dict:
             f"(available: {', '.join(available_devices())})",
         }
     else:
-        record |= run_sweep(params, name, main, draft, speed)
+        record |= run_sweep(params, name, main, draft, speed, eagle3=record["draft_kind"] == "eagle3")
     write_json((pair_performance_path if speed else pair_metrics_path)(name), record)
     log.info("pair %s: %s %s", name, record["status"], record["metrics"] or record.get("reason", ""))
     return record
 
 
-def run_sweep(params: Params, name: str, main: dict, draft: dict, speed: bool) -> dict:
+def run_sweep(params: Params, name: str, main: dict, draft: dict, speed: bool, eagle3: bool = False) -> dict:
     s, precision = params.validate_.speculative, params.validate_.inference_precision
     lookup = draft["path"] is None
-    settings = speculative_settings(
-        s.num_assistant_tokens, s.assistant_confidence_thresholds, s.max_ngram_size if lookup else None
-    )
+    thresholds = [] if eagle3 else s.assistant_confidence_thresholds  # genai's EAGLE3 mode takes no threshold
+    settings = speculative_settings(s.num_assistant_tokens, thresholds, s.max_ngram_size if lookup else None)
     run = speculative_sweep(
         Path(main["path"]),
         None if lookup else Path(draft["path"]),

@@ -29,6 +29,17 @@ def test_hub_config_is_all_hub_and_pinned():
     assert all(m.source.type == "hub" for m in hub.models.values())
 
 
+def test_hub_config_has_an_eagle3_route_pinned_to_commits():
+    import re
+
+    hub = load_checked(REPO / "configs" / "hub-models.yaml")
+    pair = hub.pairs["qwen3-int4-cpu-eagle3"]
+    main, draft = (hub.models[a.split("/")[0]] for a in (pair.main, pair.draft))
+    assert draft.trust_remote_code and not main.trust_remote_code
+    assert draft.source.repo_id == "AngelSlim/Qwen3-1.7B_eagle3" and pair.draft in hub.drafts
+    assert all(re.fullmatch(r"[0-9a-f]{40}", m.source.revision) for m in (main, draft))
+
+
 @pytest.fixture
 def base(tmp_path):
     return tiny_params(tmp_path / "ckpt", tmp_path / "t.txt")
