@@ -61,8 +61,10 @@ def main(argv=None) -> None:
         except BuildError as e:
             raise SystemExit(str(e)) from None
         if pairing["status"] != "paired":
-            print(f"{name}: {pairing['status']} ({pairing['tokenizer_check']['problems'][0]})")
+            problems = pairing["tokenizer_check"]["problems"] + pairing.get("eagle3_check", {}).get("problems", [])
+            print(f"{name}: {pairing['status']} ({problems[0]})")
             continue
+        eagle3 = pairing.get("kind") == "eagle3"  # genai's EAGLE3 mode takes no confidence threshold
         ngrams = params.validate_.speculative.max_ngram_size if lookup else None
         run = speculative_sweep(
             Path(pairing["main"]["path"]),
@@ -72,7 +74,7 @@ def main(argv=None) -> None:
             {**config, **params.validate_.speculative.plugin_config},
             prompts_for(params, name),
             args.max_new_tokens,
-            speculative_settings(args.k, [] if lookup else args.thresholds, ngrams),
+            speculative_settings(args.k, [] if lookup or eagle3 else args.thresholds, ngrams),
         )
         rows.append([name, "main alone", "-", "-", "1.00", f"{run['baseline']['tpot_ms']:.1f}", "1.00", "1.00", "-"])
         for s in run["sweep"]:
@@ -80,7 +82,7 @@ def main(argv=None) -> None:
             rows.append(
                 [
                     name,
-                    "prompt lookup" if lookup else pairing["draft"]["model"],
+                    "prompt lookup" if lookup else pairing["draft"]["model"] + (" (EAGLE3)" if eagle3 else ""),
                     setting,
                     number(s["acceptance_rate"], ".3f"),
                     number(s["tokens_per_step"], ".2f"),
