@@ -3,14 +3,11 @@ hidden states, so it has no tokenizer or vocabulary of its own to compare) expor
 after the structural check openvino-genai's EAGLE3 path needs, validated through LLMPipeline(draft_model=...)."""
 
 import json
-import re
-import subprocess
-import sys
 
 import pytest
 
 from stages.core.tiny import tiny_llm
-from tests.conftest import EVAL_TEXT, scaffold, tiny_params
+from tests.conftest import EVAL_TEXT, dvc, ran, scaffold, tiny_params
 
 HIDDEN = 64
 
@@ -81,9 +78,7 @@ def built(tmp_path_factory):
     text = root.parent / f"{root.name}-text.txt"
     text.write_text(EVAL_TEXT)
     scaffold(root, eagle3_params(main, small, draft, text))
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "-P"], cwd=root, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return root, set(re.findall(r"Running stage '([^']+)'", proc.stdout))
+    return root, ran(dvc("repro", "-P", cwd=root))
 
 
 def read(root, path):
