@@ -81,8 +81,9 @@ def verdict(gate: dict, release: dict) -> dict:
 def family_section(params: Params, gate: dict, family_name: str) -> dict:
     family = get_family(family_name)
     settings = family_settings(params, family_name)
-    direct = [k for k in family.report_metrics(settings) if k not in family.comparison_metrics]
-    compared = [f"{k} vs {a}" for a in (SOURCE, settings.reference) for k in family.comparison_metrics]
+    shown = family.report_metrics(settings)
+    direct = [k for k in shown if k not in family.comparison_metrics]
+    compared = [f"{k} vs {a}" for a in (SOURCE, settings.reference) for k in family.comparison_metrics if k in shown]
     rows = []
     for model in params.models_of(family_name):
         source = optional_json(reference_path(model))

@@ -33,6 +33,8 @@ def image_params(tmp_path) -> dict:
         "width": 64,
         "height": 64,
         "num_inference_steps": 3,
+        "image2image": {"images": ["skimage:coffee"], "strength": 0.6},
+        "inpainting": {"images": ["skimage:coffee"], "strength": 1.0, "mask_box": [0.25, 0.25, 0.75, 0.75]},
     }
     p["validate"]["vlm"] = {
         "reference": "fp16",
@@ -45,6 +47,8 @@ def image_params(tmp_path) -> dict:
         {"family": "text2image", "metric": "ssim", "variants": ["fp16"], "against": "source", "min": 0.9},
         {"family": "text2image", "metric": "ssim", "variants": ["int8"], "min": 0.5},
         {"family": "text2image", "metric": "clip_score", "max_decrease": 5},
+        {"family": "text2image", "metric": "ssim_image2image", "variants": ["fp16"], "against": "source", "min": 0.9},
+        {"family": "text2image", "metric": "ssim_inpainting", "variants": ["fp16"], "against": "source", "min": 0.9},
         {"family": "vlm", "metric": "answer_similarity", "variants": ["fp16"], "against": "source", "min": 0.5},
         {"family": "vlm", "metric": "answer_similarity", "variants": ["int8"], "min": 0.5},
     ]
@@ -86,11 +90,46 @@ def test_text2image_pipeline_scores_and_saves_images(image_project):
     outputs = json.loads((image_project / "outputs/tiny-sd/int8/CPU/outputs.json").read_text())["images"]
     assert (image_project / "outputs/tiny-sd/int8/CPU" / outputs[0]["file"]).is_file()
     source_images = json.loads((image_project / "outputs/tiny-sd/source/outputs.json").read_text())["images"]
-    assert len(source_images) == 8  # diffusers, same prompts and seeds
+    assert sum(i["mode"] == "text2image" for i in source_images) == 8  # diffusers, same prompts and seeds
     fp16 = gated(image_project, "tiny-sd/fp16")["vs"]
     assert 0.9 <= fp16["source"]["ssim"] <= 1.0  # the IR against diffusers
     assert 0 < gated(image_project, "tiny-sd/int4")["vs"]["fp16"]["ssim"] < 1
     assert "clip_score" in (image_project / "reports/summary.md").read_text()
+
+
+def test_image2image_and_inpainting_from_the_same_artifacts_match_diffusers(image_project):
+    from PIL import Image
+
+    rec = record(image_project, "tiny-sd", "int8")
+    for mode in ("image2image", "inpainting"):
+        assert rec["metrics"][f"images_{mode}"] == 8 and 0 <= rec["metrics"][f"clip_score_{mode}"] <= 100
+        fp16 = gated(image_project, "tiny-sd/fp16")["vs"]["source"]
+        assert 0.9 <= fp16[f"ssim_{mode}"] <= 1.0, fp16  # genai's pipeline against diffusers' on the same inputs
+    outputs = json.loads((image_project / "outputs/tiny-sd/int8/CPU/outputs.json").read_text())["images"]
+    painted = [o for o in outputs if o["mode"] == "inpainting"]
+    assert len(painted) == 8 and all(o["image"] == "skimage:coffee" for o in painted)
+    # inpainting repaints the box only: outside it the output keeps the init image (up to the VAE round trip)
+    out = np.asarray(Image.open(image_project / "outputs/tiny-sd/int8/CPU" / painted[0]["file"]), dtype=float)
+    from stages.families.text2image import Text2ImageSettings, init_image
+
+    s = Text2ImageSettings(prompts="-", clip_model="-", width=64, height=64)
+    init = np.asarray(init_image("skimage:coffee", s, "-"), dtype=float)
+    inside = np.zeros((64, 64), bool)
+    inside[16:48, 16:48] = True
+    assert np.abs(out - init)[~inside].mean() < np.abs(out - init)[inside].mean()
+
+
+def test_a_bad_edit_setting_is_one_line(image_project, tmp_path):
+    params = image_params(image_project)
+    params["validate"]["text2image"]["inpainting"]["mask_box"] = [0.5, 0.2, 0.4, 0.9]
+    params["validate"]["text2image"]["image2image"]["images"] = ["skimage:nope"]
+    write_params(tmp_path, params)
+    proc = run_stage("stages.check_params", str(tmp_path / "params.yaml"), cwd=image_project, check=False)
+    assert "validate.text2image.inpainting.mask_box" in proc.stderr and "x0 < x1" in proc.stderr, proc.stderr
+    params["validate"]["text2image"]["inpainting"]["mask_box"] = [0.25, 0.25, 0.75, 0.75]
+    write_params(tmp_path, params)
+    proc = run_stage("stages.check_params", str(tmp_path / "params.yaml"), cwd=image_project, check=False)
+    assert "validate.text2image.image2image.images.0: skimage.data has no image 'nope'" in proc.stderr, proc.stderr
 
 
 def test_text2image_same_seed_same_image(image_project):

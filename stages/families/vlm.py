@@ -13,7 +13,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from stages.core import metrics as m
-from stages.core.errors import BuildError, user_input
+from stages.core.images import load_image
 from stages.core.paths import source_manifest_path
 from stages.core.schema import Strict, Variant
 from stages.core.textdata import check_prompt_ref, prompts_path, read_prompts
@@ -30,34 +30,6 @@ class VLMSettings(Strict):
     questions: str  # a `prompt_sets` name (a file or a `datasets` column) or a question file kept in the repo
     embedding_model: str  # a `models` entry of family scorer
     max_new_tokens: int = Field(default=32, gt=0)
-
-
-def load_image(spec: str, key: str = "validate.vlm.images") -> np.ndarray:
-    """An RGB uint8 [H, W, 3] array: `skimage:<name>` (skimage.data), `matplotlib:<file>` (matplotlib's sample
-    data) or a file path."""
-    from PIL import Image
-
-    kind, _, name = spec.partition(":")
-    if kind == "skimage":
-        from skimage import data
-
-        if not callable(getattr(data, name, None)):
-            raise BuildError(f"{key}: skimage.data has no image '{name}'")
-        image = Image.fromarray(getattr(data, name)())
-    elif kind == "matplotlib":
-        from matplotlib import cbook
-
-        try:
-            image = Image.open(cbook.get_sample_data(name))
-        except (FileNotFoundError, ValueError) as e:
-            raise BuildError(f"{key}: matplotlib has no sample image '{name}'") from e
-    else:
-        if not Path(spec).is_file():
-            raise BuildError(f"{key}: image file not found: {spec}")
-        with user_input(f"{key}: {spec}"):
-            image = Image.open(spec)
-            image.load()
-    return np.asarray(image.convert("RGB"))
 
 
 def write_preprocessor_config(artifact: Path) -> None:
