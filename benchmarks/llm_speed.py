@@ -61,6 +61,23 @@ def score_transformers(checkpoint, windows, repeats: int) -> tuple[float, float,
     return load_s, tokens / score_s, perplexity_metrics(windows, nlls)["perplexity"]
 
 
+def fp32_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """This host's f32 matmul throughput (torch, all threads): the ceiling any f32 engine can reach."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best_s, _ = best_time(lambda: [a @ b for _ in range(repeats)], 3)
+    return 2 * size**3 * repeats / best_s / 1e9
+
+
+def matmul_flops_per_token(checkpoint) -> float:
+    """2 x the weights every token goes through (every Linear, the LM head included; attention scores left out)."""
+    import torch
+
+    model = torch_model(checkpoint)
+    return 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -109,6 +126,13 @@ def main(argv=None) -> None:
             f"{name:40s} {load_s:7.2f} {tps:10.1f} {tps / base_tps:7.2f}x {ppl:11.3f} "
             f"{100 * (ppl - base_ppl) / base_ppl:+8.2f}%"
         )
+    # why a 2x goal at f32 may be out of reach: both engines share this host's f32 FMA peak
+    peak, flops = fp32_peak_gflops(), matmul_flops_per_token(checkpoint)
+    print(
+        f"f32 roofline: matmul peak {peak:.0f} GFLOP/s, {flops / 1e6:.0f} MFLOP/token -> at most "
+        f"{peak * 1e9 / flops:.0f} tokens/s = {peak * 1e9 / flops / base_tps:.2f}x transformers fp32 "
+        f"(which runs at {100 * base_tps * flops / (peak * 1e9):.0f} % of that peak)"
+    )
 
 
 if __name__ == "__main__":
