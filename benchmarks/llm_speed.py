@@ -51,14 +51,15 @@ def score_openvino(artifact, windows, device: str, ctx: RunContext, repeats: int
     return load_s, tokens / score_s, perplexity_metrics(windows, nlls)["perplexity"]
 
 
-def score_transformers(checkpoint, windows, repeats: int) -> tuple[float, float, float]:
-    """(load s, scored tokens/s, perplexity) of the checkpoint in transformers fp32 on the same windows."""
+def score_transformers(checkpoint, windows, repeats: int) -> tuple[tuple[float, float, float], float]:
+    """((load s, scored tokens/s, perplexity) of the checkpoint in transformers fp32 on the same windows, its
+    matmul FLOPs per token)."""
     start = time.perf_counter()
     model = torch_model(checkpoint)
     load_s = time.perf_counter() - start
     tokens = sum(len(w) - 1 for w in windows)
     score_s, nlls = best_time(lambda: torch_window_nlls(model, windows), repeats)
-    return load_s, tokens / score_s, perplexity_metrics(windows, nlls)["perplexity"]
+    return (load_s, tokens / score_s, perplexity_metrics(windows, nlls)["perplexity"]), matmul_flops_per_token(model)
 
 
 def fp32_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -70,11 +71,10 @@ def fp32_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 * repeats / best_s / 1e9
 
 
-def matmul_flops_per_token(checkpoint) -> float:
+def matmul_flops_per_token(model) -> float:
     """2 x the weights every token goes through (every Linear, the LM head included; attention scores left out)."""
     import torch
 
-    model = torch_model(checkpoint)
     return 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
@@ -109,7 +109,8 @@ def main(argv=None) -> None:
     print(
         f"{tokens} tokens of '{s.eval_set}' in {len(windows)} windows of <= {s.context_length}, best of {args.repeats}"
     )
-    rows = [("transformers fp32", *score_transformers(checkpoint, windows, args.repeats))]
+    transformers_row, flops = score_transformers(checkpoint, windows, args.repeats)
+    rows = [("transformers fp32", *transformers_row)]
     for precision in args.precisions:
         rows.append(
             (
@@ -127,7 +128,7 @@ def main(argv=None) -> None:
             f"{100 * (ppl - base_ppl) / base_ppl:+8.2f}%"
         )
     # why a 2x goal at f32 may be out of reach: both engines share this host's f32 FMA peak
-    peak, flops = fp32_peak_gflops(), matmul_flops_per_token(checkpoint)
+    peak = fp32_peak_gflops()
     print(
         f"f32 roofline: matmul peak {peak:.0f} GFLOP/s, {flops / 1e6:.0f} MFLOP/token -> at most "
         f"{peak * 1e9 / flops:.0f} tokens/s = {peak * 1e9 / flops / base_tps:.2f}x transformers fp32 "
