@@ -69,7 +69,7 @@ def eagle3_check(main: Path, draft: Path) -> Compatibility:
     result.checked.append("vocabulary size")
     if d.get("vocab_size") != m.get("vocab_size"):
         result.problems.append(f"draft vocabulary {d.get('vocab_size')} tokens; the main's {m.get('vocab_size')}")
-    if d.get("draft_vocab_size", d.get("vocab_size")) > m.get("vocab_size", 0):
+    if (d.get("draft_vocab_size") or d.get("vocab_size") or 0) > (m.get("vocab_size") or 0):
         result.problems.append(f"draft_vocab_size {d.get('draft_vocab_size')} exceeds the main's vocabulary")
     result.checked.append("main decoder layers")
     layers = m.get("num_hidden_layers", 0)

@@ -91,7 +91,7 @@ def validate_pair(params: Params, name: str, speed: bool = False) -> dict:
     if pairing["status"] == "refused":
         record |= {
             "status": "refused",
-            "reason": "tokenizer check refused the draft",
+            "reason": f"{'EAGLE3' if record['draft_kind'] == 'eagle3' else 'tokenizer'} check refused the draft",
             "problems": pairing["tokenizer_check"]["problems"] + pairing.get("eagle3_check", {}).get("problems", []),
         }
     elif missing:
