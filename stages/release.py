@@ -73,8 +73,10 @@ def release_decision(params: Params, gate: dict, artifact: str, record: dict) ->
         decision = False, f"only emulated on {', '.join(emulated)} (not validated on a real target device)"
     else:
         decision = False, "not validated on any target device"
-    if decision[0] and isinstance(params.spec(split_artifact(artifact)[0]).source, TinySource):
-        return False, decision[1] + ", but a random-init stand-in is never released"
+    source = params.spec(split_artifact(artifact)[0]).source
+    if decision[0] and isinstance(source, TinySource):
+        what = f"a model of the synthetic '{source.world}' world" if source.world else "a random-init stand-in"
+        return False, decision[1] + f", but {what} is never released"
     return decision
 
 

@@ -59,6 +59,8 @@ NOTES = [
     "Performance: after one warm-up, on fixed inputs, in a fresh process (peak RSS is that process's).",
     "(random-init): a tiny model built in code because no such weights exist offline; its metrics exercise the "
     "pipeline and say nothing about a real model's accuracy.",
+    "(shapes world): a tiny model trained here on synthetic captioned shapes (stages/core/shapes.py); its metrics "
+    "can fail, but only say how well it learned that world.",
 ]
 
 
@@ -98,6 +100,7 @@ def family_section(params: Params, gate: dict, family_name: str) -> dict:
                 "cells": [fmt(source.get("metrics", {}).get(k)) for k in direct] + ["-"] * len(compared),
                 "gate": "reference",
                 "random_init": False,
+                "world": None,
             }
         )
         for artifact in (a for a in params.artifacts_of(family_name) if split_artifact(a)[0] == model):
@@ -120,7 +123,8 @@ def artifact_rows(params: Params, gate: dict, artifact: str, direct: list[str], 
         "targets": ", ".join(recipe.targets),
         "size": fmt(manifest.get("size_bytes", 0) / 1e6, ".1f"),
         "gate": gate_status(gate["rows"], artifact),
-        "random_init": isinstance(params.spec(model).source, TinySource),
+        "random_init": isinstance(source := params.spec(model).source, TinySource) and not source.world,
+        "world": getattr(source, "world", None),
     }
     rows = []
     for device, d in gated.get("devices", {}).items():

@@ -12,7 +12,7 @@ from stages.core.errors import BuildError, user_input
 
 def load_image(spec: str, key: str = "validate.vlm.images") -> np.ndarray:
     """An RGB uint8 [H, W, 3] array: `skimage:<name>` (skimage.data), `matplotlib:<file>` (matplotlib's sample
-    data) or a file path."""
+    data), `shapes:<split>:<index>` (a scene of the shapes world, stages/core/shapes.py) or a file path."""
     from PIL import Image
 
     kind, _, name = spec.partition(":")
@@ -22,6 +22,8 @@ def load_image(spec: str, key: str = "validate.vlm.images") -> np.ndarray:
         if not callable(getattr(data, name, None)):
             raise BuildError(f"{key}: skimage.data has no image '{name}'")
         image = Image.fromarray(getattr(data, name)())
+    elif kind == "shapes":
+        return shapes_image(name, key)
     elif kind == "matplotlib":
         from matplotlib import cbook
 
@@ -36,3 +38,12 @@ def load_image(spec: str, key: str = "validate.vlm.images") -> np.ndarray:
             image = Image.open(spec)
             image.load()
     return np.asarray(image.convert("RGB"))
+
+
+def shapes_image(name: str, key: str, size: int = 256) -> np.ndarray:
+    from stages.core import shapes
+
+    split, _, index = name.partition(":")
+    if split not in shapes.SPLIT_SEEDS or not index.isdigit():
+        raise BuildError(f"{key}: shapes:{name}: expected shapes:<{'|'.join(shapes.SPLIT_SEEDS)}>:<index>")
+    return shapes.render(shapes.scenes(split, int(index) + 1)[int(index)], size)

@@ -88,6 +88,16 @@ def clip_score(image_embeds: np.ndarray, text_embeds: np.ndarray) -> float:
     return float(np.mean(100 * np.clip(cosines(image_embeds, text_embeds), 0, None)))
 
 
+def mismatched(texts: list[str]) -> list[str] | None:
+    """Each text replaced by the next distinct text (cyclically, in first-seen order), so no item keeps its own:
+    the floor a matched score is compared with. None when there are fewer than two distinct texts."""
+    distinct = list(dict.fromkeys(texts))
+    if len(distinct) < 2:
+        return None
+    following = {t: distinct[(i + 1) % len(distinct)] for i, t in enumerate(distinct)}
+    return [following[t] for t in texts]
+
+
 def image_similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """SSIM and PSNR of two RGB uint8 images of one size (PSNR of identical images reported as 100 dB)."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity

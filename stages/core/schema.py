@@ -72,6 +72,9 @@ class CT2Source(Strict):
 TINY_KINDS = ("llm", "stable-diffusion", "clip", "llava")
 
 
+WORLD_KINDS = ("clip", "stable-diffusion")  # the tiny kinds a world trains (stages/core/world_models.py)
+
+
 class TinySource(Strict):
     """A tiny random-init checkpoint built in code (stages/core/tiny.py): the offline stand-in for families whose
     weights cannot be downloaded here. Its metrics say nothing about a real model's accuracy."""
@@ -79,6 +82,13 @@ class TinySource(Strict):
     type: Literal["tiny"]
     kind: Literal["llm", "stable-diffusion", "clip", "llava"]
     seed: int = 0
+    world: Literal["shapes"] | None = None  # trained on this captioned world (stages/core/world_models.py)
+
+    @model_validator(mode="after")
+    def _trainable(self):
+        if self.world and self.kind not in WORLD_KINDS:
+            raise ValueError(f"world: {self.world} trains {', '.join(WORLD_KINDS)}, not kind '{self.kind}'")
+        return self
 
 
 Source = Annotated[HubSource | LocalSource | GGUFSource | CT2Source | TinySource, Field(discriminator="type")]

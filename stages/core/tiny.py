@@ -112,13 +112,15 @@ def bpe_merges(words: list[str], count: int, suffix: str = "</w>") -> list[tuple
     return merges
 
 
-def tiny_clip_tokenizer(merges: int = 160):
-    """A CLIP-style BPE (lower-cased words, `</w>` word ends, byte-level alphabet) trained on fixed captions."""
+def tiny_clip_tokenizer(merges: int = 160, extra_text: str = ""):
+    """A CLIP-style BPE (lower-cased words, `</w>` word ends, byte-level alphabet) trained on fixed captions
+    (and `extra_text`, e.g. a trained world's captions, so that its words are whole tokens)."""
     from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    words = [piece for word in CAPTIONS.lower().split() for piece, _ in byte_level.pre_tokenize_str(word)]
+    text = f"{CAPTIONS} {extra_text}".lower()
+    words = [piece for word in text.split() for piece, _ in byte_level.pre_tokenize_str(word)]
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab: dict[str, int] = {}
     trained = bpe_merges(words, merges)

@@ -61,6 +61,11 @@ class Text2ImageSettings(Strict):
         return {mode: getattr(self, mode) for mode in EDIT_MODES if getattr(self, mode) is not None}
 
 
+def projected(features) -> np.ndarray:
+    """transformers 5 returns model outputs from get_*_features: the projected embedding is their pooler_output."""
+    return getattr(features, "pooler_output", features).float().numpy()
+
+
 class ClipScorer:
     """transformers' CLIPModel (torchmetrics' CLIPScore does not work with transformers 5)."""
 
@@ -71,21 +76,35 @@ class ClipScorer:
         self.processor = CLIPProcessor.from_pretrained(path)
 
     def embeddings(self, images: list, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self.image_embeddings(images), self.text_embeddings(texts)
+
+    def image_embeddings(self, images: list) -> np.ndarray:
         import torch
 
-        inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True, truncation=True)
         with torch.no_grad():
-            img = self.model.get_image_features(pixel_values=inputs["pixel_values"])
+            img = self.model.get_image_features(
+                pixel_values=self.processor(images=images, return_tensors="pt")["pixel_values"]
+            )
+        return projected(img)
+
+    def text_embeddings(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        inputs = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True)
+        with torch.no_grad():
             txt = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        # transformers 5 returns model outputs here; the projected embedding is their pooler_output
-        img, txt = (getattr(x, "pooler_output", x) for x in (img, txt))
-        return img.float().numpy(), txt.float().numpy()
+        return projected(txt)
 
     def score(self, images: list, texts: list[str]) -> dict[str, float]:
         """The CLIP score, and the mean unclamped cosine (informative where the score clamps to 0, e.g. for a
         random-init scorer)."""
         embeds = self.embeddings(images, texts)
-        return {"clip_score": m.clip_score(*embeds), "clip_cosine": m.mean(m.cosines(*embeds))}
+        scores = {"clip_score": m.clip_score(*embeds), "clip_cosine": m.mean(m.cosines(*embeds))}
+        others = m.mismatched(texts)
+        if others is not None:  # the same images with other prompts: a scorer that sees the content scores lower
+            shuffled = m.clip_score(embeds[0], self.text_embeddings(others))
+            scores |= {"clip_score_shuffled": shuffled, "clip_score_gap": scores["clip_score"] - shuffled}
+        return scores
 
 
 def contact_sheet(images: list, labels: list[str], columns: int = 4):
@@ -275,8 +294,9 @@ pipe = OVDiffusionPipeline.from_pretrained("{path}")"""
         self.check_edit_images(settings, key)
 
     def validation_metrics(self, settings, params, model: str) -> list[str]:
-        names = ["clip_score", "clip_cosine", "images"]
-        names += [f"{k}_{mode}" for mode in settings.edits() for k in ("clip_score", "clip_cosine", "images")]
+        scores = ("clip_score", "clip_cosine", "clip_score_shuffled", "clip_score_gap")
+        names = [*scores, "images"]
+        names += [f"{k}_{mode}" for mode in settings.edits() for k in (*scores, "images")]
         for a in params.adapters_for(model):
             names += [f"clip_score@{a}", f"clip_cosine@{a}", f"changed_images@{a}"]
         return names
@@ -296,8 +316,8 @@ pipe = OVDiffusionPipeline.from_pretrained("{path}")"""
                 load_image_ref(spec, f"{key}.{mode}.images.{i}")
 
     def report_metrics(self, settings) -> list[str]:
-        return ["clip_score", "ssim", "psnr"] + [
-            f"{k}_{mode}" for mode in settings.edits() for k in ("clip_score", "ssim")
+        return ["clip_score", "clip_score_gap", "ssim", "psnr"] + [
+            f"{k}_{mode}" for mode in settings.edits() for k in ("clip_score", "clip_score_gap", "ssim")
         ]
 
     def calibration_config(self, checkpoint: Path, samples: list[str]) -> dict:
