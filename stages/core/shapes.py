@@ -2,8 +2,8 @@
 
 The image families have no real offline weights; models trained on this world (stages/core/world_models.py) have
 metrics that can fail: a CLIP that tells "a red circle" from "a blue square", a Stable Diffusion that draws the
-caption it is given. Training and held-out scenes come from disjoint random streams, so no held-out image is
-ever trained on.
+caption it is given. Scenes sit on a grid and every grid cell belongs to one split, so no held-out image is ever
+trained on.
 """
 
 from __future__ import annotations
@@ -32,12 +32,21 @@ class Scene:
         return f"a {self.colour} {self.shape}"
 
 
-def scene(rng: np.random.Generator, caption_index: int | None = None) -> Scene:
-    index = int(rng.integers(len(CAPTIONS))) if caption_index is None else caption_index
-    colour, shape = list(COLOURS)[index // len(SHAPES)], SHAPES[index % len(SHAPES)]
-    half = float(rng.uniform(0.22, 0.32))
-    cx, cy = (float(rng.uniform(half + 0.04, 1 - half - 0.04)) for _ in range(2))
-    return Scene(colour, shape, cx, cy, half)
+GRID = 32  # positions and sizes in whole cells of a 32 x 32 grid: exact pixels at 32 and 64 px
+
+
+def scene(rng: np.random.Generator, caption_index: int) -> Scene:
+    colour, shape = list(COLOURS)[caption_index // len(SHAPES)], SHAPES[caption_index % len(SHAPES)]
+    half = int(rng.integers(7, 11))
+    cx, cy = (int(rng.integers(half + 1, GRID - half)) for _ in range(2))
+    return Scene(colour, shape, cx / GRID, cy / GRID, half / GRID)
+
+
+def split_of(s: Scene) -> str:
+    """Every scene belongs to one split by its grid cell (one in five held out): no held-out image, at any of the
+    sizes used, is ever trained on."""
+    cells = round(s.cx * GRID) * 7 + round(s.cy * GRID) * 13 + round(s.half * GRID) * 5
+    return "heldout" if (cells + CAPTIONS.index(s.caption)) % 5 == 0 else "train"
 
 
 def render(s: Scene, size: int) -> np.ndarray:
@@ -57,7 +66,12 @@ def render(s: Scene, size: int) -> np.ndarray:
     return np.asarray(image)
 
 
-def scenes(split: str, count: int, balanced: bool = True) -> list[Scene]:
-    """`count` scenes of a split; balanced: the captions in turn (every caption equally often)."""
+def scenes(split: str, count: int) -> list[Scene]:
+    """`count` scenes of a split, the captions in turn (every caption equally often)."""
     rng = np.random.default_rng(SPLIT_SEEDS[split])
-    return [scene(rng, i % len(CAPTIONS) if balanced else None) for i in range(count)]
+    chosen = []
+    while len(chosen) < count:
+        candidate = scene(rng, len(chosen) % len(CAPTIONS))
+        if split_of(candidate) == split:
+            chosen.append(candidate)
+    return chosen
