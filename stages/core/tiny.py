@@ -153,28 +153,28 @@ def _clip_text_config(vocab_size: int):
     )
 
 
-def tiny_stable_diffusion(out: Path, seed: int = 0) -> Path:
-    """A Stable Diffusion 1.x pipeline in miniature: 2-block UNet and VAE (64x64 images), 2-layer CLIP text
-    encoder, Euler scheduler, no safety checker."""
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
+def tiny_unet(cross_attention_dim: int = 32, latent_size: int = 32):
+    """A 2-block SD 1.x UNet (64x64 images through the VAE below: 32x32x4 latents)."""
+    from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(seed)
-    tokenizer = tiny_clip_tokenizer()
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=1,
-        sample_size=32,
+        sample_size=latent_size,
         in_channels=4,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
+        cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
+
+
+def tiny_vae(image_size: int = 64):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         block_out_channels=[32, 64],
         in_channels=3,
         out_channels=3,
@@ -182,13 +182,32 @@ def tiny_stable_diffusion(out: Path, seed: int = 0) -> Path:
         down_block_types=["DownEncoderBlock2D"] * 2,
         up_block_types=["UpDecoderBlock2D"] * 2,
         norm_num_groups=32,
-        sample_size=64,
+        sample_size=image_size,
     )
+
+
+def tiny_stable_diffusion(out: Path, seed: int = 0) -> Path:
+    """A Stable Diffusion 1.x pipeline in miniature: 2-block UNet and VAE (64x64 images), 2-layer CLIP text
+    encoder, Euler scheduler, no safety checker."""
+    import torch
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_clip_tokenizer()
+    unet, vae = tiny_unet(), tiny_vae()
     text_encoder = CLIPTextModel(_clip_text_config(len(tokenizer))).eval()
+    sd_pipeline(vae, text_encoder, tokenizer, unet).save_pretrained(out, safe_serialization=True)
+    return Path(out)
+
+
+def sd_pipeline(vae, text_encoder, tokenizer, unet):
+    """The SD 1.x pipeline of these parts: Euler scheduler, no safety checker."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
     )
-    pipe = StableDiffusionPipeline(
+    return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -198,8 +217,6 @@ def tiny_stable_diffusion(out: Path, seed: int = 0) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(out, safe_serialization=True)
-    return Path(out)
 
 
 def tiny_clip(out: Path, seed: int = 0) -> Path:

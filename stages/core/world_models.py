@@ -155,8 +155,9 @@ def train_stable_diffusion(out: Path, seed: int = 0, vae_steps: int = 300, unet_
     of the world's CLIP (the same seed gives the same CLIP as the scorer's; kept frozen: it is the pipeline's
     text encoder). Its report: the CLIP score of its own drawings of every caption, matched and mismatched."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
+
+    from stages.core.tiny import sd_pipeline, tiny_unet, tiny_vae
 
     clip, processor, clip_report = fit_clip(seed)
     tokenizer = processor.tokenizer
@@ -165,28 +166,7 @@ def train_stable_diffusion(out: Path, seed: int = 0, vae_steps: int = 300, unet_
     text_encoder = CLIPTextModel(clip.config.text_config)
     text_encoder.text_model.load_state_dict(clip.text_model.state_dict())
     text_encoder.eval().requires_grad_(False)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        norm_num_groups=32,
-        sample_size=SD_SIZE,
-    )
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=SD_SIZE // 2,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=text_encoder.config.hidden_size,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    vae, unet = tiny_vae(SD_SIZE), tiny_unet(text_encoder.config.hidden_size, SD_SIZE // 2)
     train, images = world_images("train", 600, SD_SIZE)
     start = time.perf_counter()
     latent_std = train_vae(vae, images, vae_steps, 16, generator)
@@ -205,19 +185,7 @@ def train_stable_diffusion(out: Path, seed: int = 0, vae_steps: int = 300, unet_
         uncond = encode([""])[0]
     loss = train_unet(unet, latents, context, uncond, unet_steps, 16, generator)
     seconds = time.perf_counter() - start
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet.eval(),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = sd_pipeline(vae, text_encoder, tokenizer, unet.eval())
     pipe.save_pretrained(out, safe_serialization=True)
     drawn = drawings_clip_report(pipe, clip, processor)
     sd = {"train_seconds": round(seconds, 1), "vae_seconds": round(vae_seconds, 1), "vae_steps": vae_steps}
