@@ -292,7 +292,7 @@ def train_world_model(source: TinySource, out: Path) -> dict:
     from stages.core.world_models import WORLD_BUILDERS
 
     log.info("training a tiny %s on the %s world (seed %d)", source.kind, source.world, source.seed)
-    report = WORLD_BUILDERS[source.kind](out, seed=source.seed)
+    report = WORLD_BUILDERS[source.kind](out, source.seed, source.training)
     return {
         "requested_revision": None,
         "resolved_revision": None,

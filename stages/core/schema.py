@@ -75,6 +75,14 @@ TINY_KINDS = ("llm", "stable-diffusion", "clip", "llava")
 WORLD_KINDS = ("clip", "stable-diffusion")  # the tiny kinds a world trains (stages/core/world_models.py)
 
 
+class WorldTraining(Strict):
+    """Training budget of a world-trained tiny model (steps of each part; the SD also trains its CLIP text tower)."""
+
+    clip_steps: int = Field(default=150, ge=1)
+    vae_steps: int = Field(default=300, ge=1)
+    unet_steps: int = Field(default=1500, ge=1)
+
+
 class TinySource(Strict):
     """A tiny random-init checkpoint built in code (stages/core/tiny.py): the offline stand-in for families whose
     weights cannot be downloaded here. Its metrics say nothing about a real model's accuracy."""
@@ -83,11 +91,16 @@ class TinySource(Strict):
     kind: Literal["llm", "stable-diffusion", "clip", "llava"]
     seed: int = 0
     world: Literal["shapes"] | None = None  # trained on this captioned world (stages/core/world_models.py)
+    training: WorldTraining | None = None  # with `world` (its defaults when unset)
 
     @model_validator(mode="after")
     def _trainable(self):
         if self.world and self.kind not in WORLD_KINDS:
             raise ValueError(f"world: {self.world} trains {', '.join(WORLD_KINDS)}, not kind '{self.kind}'")
+        if self.training and not self.world:
+            raise ValueError("training: only a model trained on a `world` has a training budget")
+        if self.world and self.training is None:
+            self.training = WorldTraining()
         return self
 
 

@@ -94,12 +94,12 @@ def fit_clip(seed: int = 0, steps: int = 150, pool: int = 600):
     return model, processor, report | heldout_clip_report(model, processor, images, captions)
 
 
-def train_clip(out: Path, seed: int = 0) -> dict:
-    """The world's CLIP scorer, saved with its processor."""
-    model, processor, report = fit_clip(seed)
+def train_clip(out: Path, seed: int, training) -> dict:
+    """The world's CLIP scorer, saved with its processor (training: stages.core.schema.WorldTraining)."""
+    model, processor, report = fit_clip(seed, training.clip_steps)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
-    return {"world": "shapes", "clip": report}
+    return {"world": "shapes", "training": training.model_dump(), "clip": report}
 
 
 def world_images(split: str, count: int, size: int):
@@ -150,7 +150,7 @@ def train_unet(unet, latents, context, uncond, steps: int, batch: int, generator
     return float(loss)
 
 
-def train_stable_diffusion(out: Path, seed: int = 0, vae_steps: int = 300, unet_steps: int = 1500) -> dict:
+def train_stable_diffusion(out: Path, seed: int, training) -> dict:
     """A tiny SD 1.x trained on the world: VAE first, then the UNet on its latents, conditioned on the text tower
     of the world's CLIP (the same seed gives the same CLIP as the scorer's; kept frozen: it is the pipeline's
     text encoder). Its report: the CLIP score of its own drawings of every caption, matched and mismatched."""
@@ -159,7 +159,7 @@ def train_stable_diffusion(out: Path, seed: int = 0, vae_steps: int = 300, unet_
 
     from stages.core.tiny import sd_pipeline, tiny_unet, tiny_vae
 
-    clip, processor, clip_report = fit_clip(seed)
+    clip, processor, clip_report = fit_clip(seed, training.clip_steps)
     tokenizer = processor.tokenizer
     deterministic_torch(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -169,7 +169,7 @@ def train_stable_diffusion(out: Path, seed: int = 0, vae_steps: int = 300, unet_
     vae, unet = tiny_vae(SD_SIZE), tiny_unet(text_encoder.config.hidden_size, SD_SIZE // 2)
     train, images = world_images("train", 600, SD_SIZE)
     start = time.perf_counter()
-    latent_std = train_vae(vae, images, vae_steps, 16, generator)
+    latent_std = train_vae(vae, images, training.vae_steps, 16, generator)
     vae_seconds = time.perf_counter() - start
     vae.register_to_config(scaling_factor=1 / latent_std)
     vae.eval().requires_grad_(False)
@@ -183,17 +183,13 @@ def train_stable_diffusion(out: Path, seed: int = 0, vae_steps: int = 300, unet_
         by_caption = dict(zip(shapes.CAPTIONS, encode(shapes.CAPTIONS)))
         context = torch.stack([by_caption[s.caption] for s in train])
         uncond = encode([""])[0]
-    loss = train_unet(unet, latents, context, uncond, unet_steps, 16, generator)
+    loss = train_unet(unet, latents, context, uncond, training.unet_steps, 16, generator)
     seconds = time.perf_counter() - start
     pipe = sd_pipeline(vae, text_encoder, tokenizer, unet.eval())
     pipe.save_pretrained(out, safe_serialization=True)
     drawn = drawings_clip_report(pipe, clip, processor)
-    sd = {"train_seconds": round(seconds, 1), "vae_seconds": round(vae_seconds, 1), "vae_steps": vae_steps}
-    return {
-        "world": "shapes",
-        "clip": clip_report,
-        "stable_diffusion": sd | {"unet_steps": unet_steps, "final_loss": loss, **drawn},
-    }
+    sd = {"train_seconds": round(seconds, 1), "vae_seconds": round(vae_seconds, 1), "final_loss": loss, **drawn}
+    return {"world": "shapes", "training": training.model_dump(), "clip": clip_report, "stable_diffusion": sd}
 
 
 def drawings_clip_report(pipe, clip, processor, steps: int = 8, seeds=(0, 1)) -> dict[str, float]:
