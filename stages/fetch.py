@@ -20,7 +20,7 @@ from stages.core.hub import hub_error
 from stages.core.io import atomic_dir, copy_tree, file_inventory, scratch_dir, sha256_file, write_json
 from stages.core.paths import checkpoint_dir, source_manifest_path
 from stages.core.runtime import log, package_version, setup_logging
-from stages.core.schema import CT2Source, GGUFSource, HubSource, LocalSource, ModelSpec, TinySource
+from stages.core.schema import CT2Source, GGUFSource, HubSource, LocalSource, ModelSpec, TinySource, WorldTraining
 from stages.params import load_stage_params, stage_parser
 
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle"]
@@ -292,7 +292,7 @@ def train_world_model(source: TinySource, out: Path) -> dict:
     from stages.core.world_models import WORLD_BUILDERS
 
     log.info("training a tiny %s on the %s world (seed %d)", source.kind, source.world, source.seed)
-    report = WORLD_BUILDERS[source.kind](out, source.seed, source.training)
+    report = WORLD_BUILDERS[source.kind](out, source.seed, source.training or WorldTraining())
     return {
         "requested_revision": None,
         "resolved_revision": None,

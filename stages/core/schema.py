@@ -99,8 +99,6 @@ class TinySource(Strict):
             raise ValueError(f"world: {self.world} trains {', '.join(WORLD_KINDS)}, not kind '{self.kind}'")
         if self.training and not self.world:
             raise ValueError("training: only a model trained on a `world` has a training budget")
-        if self.world and self.training is None:
-            self.training = WorldTraining()
         return self
 
 
