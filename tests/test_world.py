@@ -50,3 +50,80 @@ def test_trained_clip_scores_matched_captions_far_above_mismatched():
     assert report["heldout_images"] == 120
     assert report["clip_score_gap"] > 20, report  # held-out images; measured ~50 after 30 steps
     assert report["clip_score_matched"] > report["clip_score_shuffled"]
+
+
+WORLD_TRAINING = {"clip_steps": 100, "vae_steps": 200, "unet_steps": 800}
+
+
+def world_params(root) -> dict:
+    from tests.conftest import EVAL_TEXT, tiny_params
+
+    text = root / "eval.txt"
+    text.write_text(EVAL_TEXT)
+    p = tiny_params(root / "unused", text)
+    world = {"type": "tiny", "seed": 0, "world": "shapes", "training": WORLD_TRAINING}
+    p["models"] = {
+        "world-sd": {"family": "text2image", "source": {**world, "kind": "stable-diffusion"}},
+        "world-clip": {"family": "scorer", "source": {**world, "kind": "clip"}},
+    }
+    p["variants"]["int4"]["group_size_fallback"] = "adjust"
+    # a recipe chosen to hurt: every weight (first and last layers too) int4 per output channel
+    p["variants"]["int4-hurt"] = {"weight_format": "int4", "group_size": -1, "sym": True, "all_layers": True}
+    p["build"] = ["world-sd/fp16", "world-sd/int8", "world-sd/int4-hurt"]
+    del p["validate"]["llm"]
+    p["prompt_sets"] = {"shapes": {"path": "prompts/shapes.txt"}}
+    p["validate"]["text2image"] = {
+        "reference": "fp16",
+        "prompts": "shapes",
+        "clip_model": "world-clip",
+        "seeds": [0],
+        "width": 64,
+        "height": 64,
+        "num_inference_steps": 8,
+    }
+    p["gate"]["rules"] = [
+        {"family": "text2image", "metric": "clip_score_gap", "variants": ["fp16"], "min": 5},
+        {"family": "text2image", "metric": "clip_score_gap", "max_decrease": 3},
+        {"family": "text2image", "metric": "ssim", "variants": ["fp16"], "against": "source", "min": 0.95},
+        {"family": "text2image", "metric": "ssim", "variants": ["int8", "int4-hurt"], "min": 0.8},
+    ]
+    return p
+
+
+@pytest.fixture(scope="module")
+def world_project(tmp_path_factory):
+    """World-trained SD + CLIP through `dvc repro` up to validation, then the gate on its own (it must fail)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import scaffold
+
+    root = tmp_path_factory.mktemp("world")
+    scaffold(root, world_params(root))
+    repro = [sys.executable, "-m", "dvc", "repro"]
+    proc = subprocess.run([*repro, "validate"], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    gate = subprocess.run([*repro, "gate"], cwd=root, capture_output=True, text=True)
+    return root, gate
+
+
+def test_world_models_record_training_and_heldout_scores(world_project):
+    import json
+
+    root, _ = world_project
+    sd = json.loads((root / "data/sources/world-sd.json").read_text())
+    assert sd["random_init"] is False and sd["trained"]["training"] == WORLD_TRAINING
+    assert sd["trained"]["clip"]["clip_score_gap"] > 20  # held-out images
+    assert sd["trained"]["stable_diffusion"]["drawn_clip_score_gap"] > 0  # its own drawings, diffusers
+
+
+def test_matched_prompts_score_above_mismatched_and_an_over_compressed_variant_fails(world_project):
+    import json
+
+    root, gate = world_project
+    fp16 = json.loads((root / "metrics/validate/world-sd/fp16.json").read_text())["devices"]["CPU"]["metrics"]
+    assert fp16["clip_score_gap"] >= 5 and fp16["clip_score"] > fp16["clip_score_shuffled"]
+    assert gate.returncode != 0, gate.stdout[-2000:]
+    rows = json.loads((root / "metrics/gate.json").read_text())["rows"]
+    failed = {(r["artifact"], r["metric"]) for r in rows if r["status"] == "fail"}
+    assert failed and all(artifact == "world-sd/int4-hurt" for artifact, _ in failed), failed

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from stages.core import metrics as m
 from stages.core import shapes
@@ -80,7 +81,7 @@ def fit_clip(seed: int = 0, steps: int = 150, pool: int = 600):
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     model.train()
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="train world CLIP", unit="step"):
         first = int(torch.randint(rounds, (1,), generator=generator)) * len(shapes.CAPTIONS)
         loss = model(**text, pixel_values=pixels[first : first + len(shapes.CAPTIONS)], return_loss=True).loss
         optimizer.zero_grad()
@@ -116,7 +117,7 @@ def train_vae(vae, images, steps: int, batch: int, generator) -> float:
     import torch
 
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="train world VAE", unit="step"):
         x = images[torch.randint(len(images), (batch,), generator=generator)]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=generator)).sample
@@ -136,7 +137,7 @@ def train_unet(unet, latents, context, uncond, steps: int, batch: int, generator
 
     noise_scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="train world UNet", unit="step"):
         pick = torch.randint(len(latents), (batch,), generator=generator)
         x0, ctx = latents[pick], context[pick].clone()
         ctx[torch.rand(batch, generator=generator) < 0.1] = uncond
