@@ -52,7 +52,7 @@ def test_trained_clip_scores_matched_captions_far_above_mismatched():
     assert report["clip_score_matched"] > report["clip_score_shuffled"]
 
 
-WORLD_TRAINING = {"clip_steps": 100, "vae_steps": 200, "unet_steps": 800}
+WORLD_TRAINING = {"clip_steps": 100, "vae_steps": 100, "unet_steps": 400}
 
 
 def world_params(root) -> dict:
