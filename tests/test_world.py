@@ -52,7 +52,7 @@ def test_trained_clip_scores_matched_captions_far_above_mismatched():
     assert report["clip_score_matched"] > report["clip_score_shuffled"]
 
 
-WORLD_TRAINING = {"clip_steps": 100, "vae_steps": 100, "unet_steps": 400}
+WORLD_TRAINING = {"clip_steps": 100, "vae_steps": 100, "unet_steps": 600}
 
 
 def world_params(root) -> dict:
@@ -67,7 +67,8 @@ def world_params(root) -> dict:
         "world-clip": {"family": "scorer", "source": {**world, "kind": "clip"}},
     }
     p["variants"]["int4"]["group_size_fallback"] = "adjust"
-    # a recipe chosen to hurt: every weight (first and last layers too) int4 per output channel
+    # a recipe chosen to hurt: every weight (first and last layers too) int4 per output channel (measured with a
+    # 400-step UNet: SSIM vs fp16 0.926 where int8 gives 0.996; CLIP-score gap 5.12 vs 5.62)
     p["variants"]["int4-hurt"] = {"weight_format": "int4", "group_size": -1, "sym": True, "all_layers": True}
     p["build"] = ["world-sd/fp16", "world-sd/int8", "world-sd/int4-hurt"]
     del p["validate"]["llm"]
@@ -85,7 +86,7 @@ def world_params(root) -> dict:
         {"family": "text2image", "metric": "clip_score_gap", "variants": ["fp16"], "min": 5},
         {"family": "text2image", "metric": "clip_score_gap", "max_decrease": 3},
         {"family": "text2image", "metric": "ssim", "variants": ["fp16"], "against": "source", "min": 0.95},
-        {"family": "text2image", "metric": "ssim", "variants": ["int8", "int4-hurt"], "min": 0.8},
+        {"family": "text2image", "metric": "ssim", "variants": ["int8", "int4-hurt"], "min": 0.97},
     ]
     return p
 
