@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag, field_validator, model_validator
 
 # CPU, GPU, NPU, an indexed device (GPU.1), or a virtual device over them (HETERO:GPU,CPU / AUTO:CPU / MULTI:...)
 DEVICE_PATTERN = r"^((CPU|GPU|NPU)(\.\d+)?|(HETERO|AUTO|MULTI|BATCH):(CPU|GPU|NPU)(\.\d+)?(,(CPU|GPU|NPU)(\.\d+)?)*)$"
@@ -109,8 +109,8 @@ SOURCE_TYPES = ("hub", "local", "gguf", "ct2", "tiny", "file", "train", "text", 
 class ModelSpec(Strict):
     family: str  # a registered family, or `scorer` (scores others, never exported)
     source: Source
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
+    trust_remote_code: StrictBool = False
+    allow_pickle: StrictBool = False
     license: str | None = None
     note: str | None = None
     # export: an OpenVINO tokenizer IR that encodes the probe corpus differently from the HF tokenizer fails the
@@ -135,14 +135,14 @@ class Variant(Strict):
 
     weight_format: Literal["fp16", "int8", "int4"]
     targets: list[Device] = Field(default=["CPU"], min_length=1)
-    sym: bool = False
+    sym: StrictBool = False
     group_size: int | None = None
     ratio: float | None = Field(default=None, gt=0, le=1)
     backup_precision: Literal["none", "int8_sym", "int8_asym"] | None = None
-    all_layers: bool | None = None
+    all_layers: StrictBool | None = None
     group_size_fallback: Literal["error", "ignore", "adjust"] | None = None
-    awq: bool = False
-    scale_estimation: bool = False
+    awq: StrictBool = False
+    scale_estimation: StrictBool = False
     dataset: str | None = None  # name of a `calibration` text set
     num_samples: int | None = Field(default=None, gt=0)
     npu: NPUSettings | None = None  # NPU pipeline options (NPU targets only)
@@ -381,7 +381,7 @@ class GateSettings(Strict):
     mode: Literal["dev", "release"] = "dev"
     # dev builds: count an emulated target (e.g. NPU through NPUW on CPU) as validated for release/ (labelled
     # as emulated). Release mode always requires the real device.
-    accept_emulated: bool = False
+    accept_emulated: StrictBool = False
     rules: list[GateRule]
 
     @model_validator(mode="after")
@@ -434,7 +434,7 @@ class Distillation(Strict):
     # FastDraft-style data: the main's own greedy replies to prompts cut from `data`, mixed with the text
     chat_samples: int = Field(default=0, ge=0)
     reply_tokens: int = Field(default=48, gt=0)
-    replies_only: bool = False  # train on the main's replies alone (FastDraft: align to the target's outputs)
+    replies_only: StrictBool = False  # train on the main's replies alone (FastDraft: align to the target's outputs)
 
 
 class DerivedDraft(Strict):
@@ -545,5 +545,5 @@ class ValidateCommon(Strict):
 
     inference_precision: Literal["f32", "f16", "bf16"] = "f32"
     proxy_device: Device | None = None  # also measure accuracy here when no target device can run it
-    performance: bool = True  # perf/dvc.yaml: load time, TTFT, TPOT, throughput, RTF, peak RSS per device
+    performance: StrictBool = True  # perf/dvc.yaml: load time, TTFT, TPOT, throughput, RTF, peak RSS per device
     emulate: list[Literal["NPU"]] = ["NPU"]  # targets run through their software path on CPU when absent

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from stages.core import metrics as m
 from stages.core.errors import BuildError
@@ -36,7 +36,7 @@ class TextEmbeddingSettings(Strict):
     pairs: int = Field(default=32, gt=1)
     words_per_pair: int = Field(default=60, ge=8)
     pooling: Literal["mean", "cls", "last_token"] = "mean"  # must match the checkpoint's own pooling
-    normalize: bool = True
+    normalize: StrictBool = True
     max_length: int = Field(default=256, gt=0)  # tokens; longer texts are truncated
 
 
