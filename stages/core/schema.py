@@ -69,7 +69,7 @@ class CT2Source(Strict):
     meta_dir: str
 
 
-TINY_KINDS = ("llm", "stable-diffusion", "clip", "llava")
+TINY_KINDS = ("llm", "stable-diffusion", "stable-diffusion-xl", "lcm", "clip", "llava")
 
 
 WORLD_KINDS = ("clip", "stable-diffusion")  # the tiny kinds a world trains (stages/core/world_models.py)
@@ -88,7 +88,7 @@ class TinySource(Strict):
     weights cannot be downloaded here. Its metrics say nothing about a real model's accuracy."""
 
     type: Literal["tiny"]
-    kind: Literal["llm", "stable-diffusion", "clip", "llava"]
+    kind: Literal["llm", "stable-diffusion", "stable-diffusion-xl", "lcm", "clip", "llava"]
     seed: int = 0
     world: Literal["shapes"] | None = None  # trained on this captioned world (stages/core/world_models.py)
     training: WorldTraining | None = None  # with `world` (its defaults when unset)

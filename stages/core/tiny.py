@@ -1,7 +1,7 @@
 """Tiny random-init checkpoints built in code, for tests and for families with no offline weights
 (no CLIP, diffusion or VLM weights can be downloaded here). Deterministic for a seed.
 
-    python -m stages.tiny {llm,stable-diffusion,clip,llava} OUT_DIR
+    python -m stages.core.tiny {llm,stable-diffusion,stable-diffusion-xl,lcm,clip,llava} OUT_DIR
 """
 
 from __future__ import annotations
@@ -153,8 +153,9 @@ def _clip_text_config(vocab_size: int):
     )
 
 
-def tiny_unet(cross_attention_dim: int = 32, latent_size: int = 32):
-    """A 2-block SD 1.x UNet (64x64 images through the VAE below: 32x32x4 latents)."""
+def tiny_unet(cross_attention_dim: int = 32, latent_size: int = 32, norm_num_groups: int = 32, **config):
+    """A 2-block SD 1.x UNet (64x64 images through the VAE below: 32x32x4 latents); `config`: the SDXL / LCM
+    extras (added embeddings, a guidance embedding)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
@@ -167,7 +168,8 @@ def tiny_unet(cross_attention_dim: int = 32, latent_size: int = 32):
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
-        norm_num_groups=32,
+        norm_num_groups=norm_num_groups,
+        **config,
     )
 
 
@@ -217,6 +219,96 @@ def sd_pipeline(vae, text_encoder, tokenizer, unet):
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+CONDITIONING_GAINS = {
+    "conv_out": 20,
+    "attn2.to_k": 4,
+    "attn2.to_v": 4,
+    "add_embedding": 4,
+    "cond_proj": 4,
+    "time_emb_proj": 4,
+}
+
+
+def conditioned_unet(**config):
+    """A tiny UNet whose conditioning moves its images. At random init the initial noise dominates them (another
+    prompt, other SDXL size ids or another LCM guidance scale leave SSIM > 0.99), so a pipeline that mishandled
+    those inputs would still match diffusers. Scaled up, the noise prediction and the conditioning paths count: SSIM
+    0.44 (SDXL size ids), 0.72 (SDXL prompt), 0.78 (LCM guidance scale) against the unchanged image. 8 norm groups:
+    with one channel per group the time embedding, a per-channel shift, is normalized away."""
+    import torch
+
+    unet = tiny_unet(norm_num_groups=8, **config)
+    with torch.no_grad():
+        for name, weight in unet.named_parameters():
+            gain = next((g for part, g in CONDITIONING_GAINS.items() if part in name), 1)
+            if name.endswith("weight") and gain != 1:
+                weight.mul_(gain)
+    return unet
+
+
+def tiny_sdxl(out: Path, seed: int = 0) -> Path:
+    """An SDXL pipeline in miniature: two CLIP text encoders (the second with a projection, whose pooled output
+    and the six size/crop numbers feed the UNet's added "text_time" embedding), their hidden states concatenated
+    as the UNet's cross-attention input, the tiny VAE, Euler scheduler."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_clip_tokenizer()
+    config = _clip_text_config(len(tokenizer))
+    time_dim = 16  # 6 * 16 + projection_dim (32) = 128: int4 group sizes 32/64 divide the added embedding's input
+    unet = conditioned_unet(
+        cross_attention_dim=2 * config.hidden_size,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + config.projection_dim,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(),
+        text_encoder=CLIPTextModel(config).eval(),
+        text_encoder_2=CLIPTextModelWithProjection(config).eval(),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        ),
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return Path(out)
+
+
+def tiny_lcm(out: Path, seed: int = 0) -> Path:
+    """An SD 1.x distilled to a latent consistency model, as LCM Dreamshaper v7 is: the UNet embeds the guidance
+    scale (`time_cond_proj_dim`) instead of running classifier-free guidance, LCMScheduler."""
+    import torch
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_clip_tokenizer()
+    unet = conditioned_unet(time_cond_proj_dim=32)
+    pipe = LatentConsistencyModelPipeline(
+        vae=tiny_vae(),
+        text_encoder=CLIPTextModel(_clip_text_config(len(tokenizer))).eval(),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return Path(out)
 
 
 def tiny_clip(out: Path, seed: int = 0) -> Path:
@@ -312,7 +404,14 @@ def tiny_llava(out: Path, seed: int = 0) -> Path:
     return Path(out)
 
 
-BUILDERS = {"llm": tiny_llm, "stable-diffusion": tiny_stable_diffusion, "clip": tiny_clip, "llava": tiny_llava}
+BUILDERS = {
+    "llm": tiny_llm,
+    "stable-diffusion": tiny_stable_diffusion,
+    "stable-diffusion-xl": tiny_sdxl,
+    "lcm": tiny_lcm,
+    "clip": tiny_clip,
+    "llava": tiny_llava,
+}
 
 if __name__ == "__main__":
     BUILDERS[sys.argv[1]](Path(sys.argv[2]))
