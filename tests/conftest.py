@@ -13,9 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # Two xdist workers share two cores: PyTorch's OpenMP threads otherwise spin while they wait, and each worker's
-# spinning steals the other's core (a torch training beside another test ran 3-5x slower). Passive waiting changes
-# no result (the work split depends on the thread count, not on how idle threads wait); it must be set before
-# torch loads, and stage subprocesses inherit it.
+# spinning steals the other's core. Measured here, 150 steps of the tiny LLaVA: 3.7 s alone, 39 s each beside a
+# second such process, 7.3 s each with passive waiting (8.7 s alone: so the build, one stage at a time, keeps the
+# default). It changes no result (the work split depends on the thread count, not on how idle threads wait); it
+# must be set before torch loads, and stage subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # DVC stage commands say `python`: make it this interpreter
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -423,20 +424,23 @@ def assert_nothing_written(root: Path) -> None:
     assert not leftovers, f"half-written output left behind: {leftovers[:5]}"
 
 
-# Files that take minutes, slowest first (from `make test --durations`): with `--dist loadfile
+# Files that take minutes, slowest first (per-file sums of `pytest --durations=0`, 2 workers): with `--dist loadfile
 # --no-loadscope-reorder` each xdist worker starts on one of these, so the run ends when the quick files run out
 # rather than when a long file is picked up last.
 SLOWEST_FILES = [
-    "test_default_pipeline_real.py",
     "test_world.py",
-    "test_images.py",
+    "test_default_pipeline_real.py",
     "test_pipeline_e2e.py",
+    "test_images.py",
     "test_publish.py",
-    "test_eagle3.py",
+    "test_faults.py",
     "test_speculative.py",
-    "test_export.py",
     "test_determinism.py",
+    "test_hub_build.py",
+    "test_export.py",
     "test_validate.py",
+    "test_eagle3.py",
+    "test_image_architectures.py",
     "test_text_embedding.py",
 ]
 
