@@ -33,7 +33,7 @@ publish:
 test: setup
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
-	HF_HUB_OFFLINE=1 $(VENV)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=12
+	HF_HUB_OFFLINE=1 $(VENV)/python -m pytest -q -n auto --dist loadfile --durations=12
 
 # The edit-loop tier (after `make setup` once): params, gate, regression, fetch, tokenizer and input-error tests;
 # no real weights, no dvc repro, no export. `make test` runs these and everything else.
