@@ -17,6 +17,7 @@ SHAPES = ("circle", "square", "triangle")
 BACKGROUND = (235, 235, 235)
 CAPTIONS = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES]
 SPLIT_SEEDS = {"train": 0, "heldout": 1_000_003}  # disjoint streams: held-out scenes are never trained on
+QUESTIONS = {"What colour is the shape?": "colour", "What shape is it?": "shape"}  # question -> the scene's answer
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class Scene:
     @property
     def caption(self) -> str:
         return f"a {self.colour} {self.shape}"
+
+    def answer(self, question: str) -> str:
+        """The true answer to one of QUESTIONS."""
+        return getattr(self, QUESTIONS[question])
 
 
 GRID = 32  # positions and sizes in whole cells of a 32 x 32 grid: exact pixels at 32 and 64 px

@@ -347,21 +347,39 @@ LLAVA_TEMPLATE = (
 def tiny_llava(out: Path, seed: int = 0) -> Path:
     """A LLaVA-1.5 in miniature: CLIP vision tower (32x32 images, 16 patches), 2-layer Llama, `<image>` token."""
     import torch
-    from tokenizers import AddedToken
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
 
     torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer()
+    processor = llava_processor(tiny_tokenizer())
+    llava_model(processor.tokenizer).eval().save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    return Path(out)
+
+
+def llava_processor(tokenizer, image_size: int = 32):
+    """The LLaVA processor of a tiny tokenizer: adds the `<image>` token and the chat template."""
+    from tokenizers import AddedToken
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
     tokenizer.add_tokens([AddedToken("<image>", special=True, normalized=False)])
     tokenizer.chat_template = LLAVA_TEMPLATE
-    vision = CLIPVisionConfig(
+    size = {"shortest_edge": image_size}
+    images = CLIPImageProcessor(size=size, crop_size={"height": image_size, "width": image_size})
+    return LlavaProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_TEMPLATE,
+    )
+
+
+def llava_model(tokenizer, vision=None, feature_layer: int = -2):
+    """A random-init LlavaForConditionalGeneration sized for a tiny tokenizer (with `<image>`); `vision`: the
+    vision tower's CLIPVisionConfig (default: 32x32 images, 16 patches)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = vision or CLIPVisionConfig(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -386,22 +404,11 @@ def tiny_llava(out: Path, seed: int = 0) -> Path:
         vision_config=vision.to_dict(),
         text_config=text.to_dict(),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=16,
-        vision_feature_layer=-2,
+        image_seq_length=(vision.image_size // vision.patch_size) ** 2,
+        vision_feature_layer=feature_layer,
         vision_feature_select_strategy="default",
     )
-    LlavaForConditionalGeneration(config).eval().save_pretrained(out, safe_serialization=True)
-    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = LlavaProcessor(
-        image_processor=images,
-        tokenizer=tokenizer,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_TEMPLATE,
-    )
-    processor.save_pretrained(out)
-    return Path(out)
+    return LlavaForConditionalGeneration(config)
 
 
 BUILDERS = {

@@ -215,3 +215,92 @@ def drawings_clip_report(pipe, clip, processor, steps: int = 8, seeds=(0, 1)) ->
 
 
 WORLD_BUILDERS = {"clip": train_clip, "stable-diffusion": train_stable_diffusion}
+
+
+def llava_example_texts(processor, scene, question: str) -> tuple[str, str]:
+    """(prompt, answer) as VLMPipeline and TorchVLM prompt: the chat template over a user turn of the image then
+    the question; the answer ends with the tokenizer's EOS so that generation stops."""
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    return prompt, f" {scene.answer(question)}{processor.tokenizer.eos_token}"
+
+
+def llava_token_rows(processor, scenes) -> dict[tuple[str, str], tuple[list[int], int]]:
+    """Per (question, answer): the token ids of prompt + answer with the image tokens expanded, and where the
+    answer starts (the processor expands `<image>` only when it is given an image: any image does)."""
+    from PIL import Image
+
+    blank = Image.new("RGB", (CLIP_SIZE, CLIP_SIZE))
+    rows = {}
+    for scene in scenes:
+        for question in shapes.QUESTIONS:
+            key = (question, scene.answer(question))
+            if key not in rows:
+                prompt, answer = llava_example_texts(processor, scene, question)
+                ids = processor(images=blank, text=prompt + answer)["input_ids"][0]
+                rows[key] = (list(ids), len(processor(images=blank, text=prompt)["input_ids"][0]))
+    return rows
+
+
+def fit_llava(seed: int = 0, steps: int = 400, pool: int = 600, batch: int = 24, clip_steps: int = 150):
+    """A tiny LLaVA (stages.core.tiny) trained from scratch to answer shapes.QUESTIONS about world images, loss
+    on the answer tokens only; returns (model, processor, report with held-out exact-match accuracy)."""
+    import torch
+
+    from stages.core.tiny import llava_model, llava_processor, tiny_tokenizer
+
+    clip, _, _ = fit_clip(seed, clip_steps)
+    deterministic_torch(seed)
+    processor = llava_processor(tiny_tokenizer(), CLIP_SIZE)
+    model = llava_model(processor.tokenizer, clip.config.vision_config, feature_layer=-1)
+    model.model.vision_tower.vision_model.load_state_dict(clip.vision_model.state_dict())
+    train = shapes.scenes("train", pool)
+    pixels = processor.image_processor(
+        images=[shapes.render(s, 256) for s in train], return_tensors="pt"
+    )["pixel_values"]
+    rows = llava_token_rows(processor, train)
+    questions = list(shapes.QUESTIONS)
+    pad = processor.tokenizer.pad_token_id
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    model.train()
+    for _ in tqdm(range(steps), desc="train world LLaVA", unit="step"):
+        picks = torch.randint(pool, (batch,), generator=generator).tolist()
+        asked = torch.randint(len(questions), (batch,), generator=generator).tolist()
+        examples = [rows[(questions[q], train[i].answer(questions[q]))] for i, q in zip(picks, asked)]
+        width = max(len(ids) for ids, _ in examples)
+        ids = torch.full((batch, width), pad)
+        labels = torch.full((batch, width), -100)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for row, (tokens, answer_from) in enumerate(examples):
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            labels[row, answer_from : len(tokens)] = torch.tensor(tokens[answer_from:])
+            mask[row, : len(tokens)] = 1
+        loss = model(input_ids=ids, attention_mask=mask, pixel_values=pixels[picks], labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    seconds = time.perf_counter() - start
+    model.eval()
+    heldout = shapes.scenes("heldout", 48)
+    report = {"train_seconds": round(seconds, 1), "steps": steps, "final_loss": float(loss.detach())}
+    return model, processor, report | heldout_vlm_report(model, processor, heldout, [shapes.render(s, 256) for s in heldout])
+
+
+def heldout_vlm_report(model, processor, scenes, images) -> dict[str, float]:
+    """Greedy answers to every world question about held-out images, exact match with the truth."""
+    import torch
+    from PIL import Image
+
+    right = []
+    for scene, image in zip(scenes, images):
+        for question in shapes.QUESTIONS:
+            prompt, _ = llava_example_texts(processor, scene, question)
+            inputs = processor(images=Image.fromarray(image), text=prompt, return_tensors="pt")
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+            answer = processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+            right.append((question, answer == scene.answer(question)))
+    by_question = {f"accuracy[{q}]": m.share(ok for asked, ok in right if asked == q) for q in shapes.QUESTIONS}
+    return {"heldout_questions": float(len(right)), "answer_accuracy": m.share(ok for _, ok in right), **by_question}
