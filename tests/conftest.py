@@ -448,3 +448,29 @@ SLOWEST_FILES = [
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+def perturb_weights(folder, scale: float = 0.15, seed: int = 0, ir: str = "openvino_model") -> None:
+    """An export bug after the fact: every large floating-point weight of the IR `ir` gets relative noise."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    core, rng = ov.Core(), np.random.default_rng(seed)
+    model = core.read_model(folder / f"{ir}.xml")
+    for node in model.get_ordered_ops():
+        if (
+            node.get_type_name() == "Constant"
+            and node.get_element_type() in (ov.Type.f16, ov.Type.f32)
+            and node.get_output_size() == 1
+            and np.prod(node.get_output_shape(0)) >= 1024
+        ):
+            data = node.get_data()
+            noisy = (data * (1 + scale * rng.standard_normal(data.shape))).astype(data.dtype)
+            node.output(0).replace(ops.constant(noisy).output(0))
+    staged = folder.parent / f"{folder.name}-perturbed"  # the read model maps the .bin: never write over it
+    ov.save_model(model, staged / f"{ir}.xml", compress_to_fp16=False)
+    del model
+    for name in (f"{ir}.xml", f"{ir}.bin"):
+        (staged / name).replace(folder / name)
+    staged.rmdir()

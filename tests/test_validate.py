@@ -7,7 +7,7 @@ import math
 import pytest
 import yaml
 
-from tests.conftest import EVAL_TEXT, run_stage, write_params
+from tests.conftest import EVAL_TEXT, perturb_weights, run_stage, write_params
 
 
 @pytest.fixture
@@ -131,32 +131,6 @@ def test_artifact_loads_as_is_in_optimum_intel(exported):
     model = OVModelForCausalLM.from_pretrained(folder, device="CPU")
     ids = AutoTokenizer.from_pretrained(folder)("Paris is", return_tensors="pt").input_ids
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
-
-
-def perturb_weights(folder, scale: float = 0.15, seed: int = 0) -> None:
-    """An export bug after the fact: every large floating-point weight of the IR gets relative noise."""
-    import numpy as np
-    import openvino as ov
-    import openvino.opset13 as ops
-
-    core, rng = ov.Core(), np.random.default_rng(seed)
-    model = core.read_model(folder / "openvino_model.xml")
-    for node in model.get_ordered_ops():
-        if (
-            node.get_type_name() == "Constant"
-            and node.get_element_type() in (ov.Type.f16, ov.Type.f32)
-            and node.get_output_size() == 1
-            and np.prod(node.get_output_shape(0)) >= 1024
-        ):
-            data = node.get_data()
-            noisy = (data * (1 + scale * rng.standard_normal(data.shape))).astype(data.dtype)
-            node.output(0).replace(ops.constant(noisy).output(0))
-    staged = folder.parent / f"{folder.name}-perturbed"  # the read model maps the .bin: never write over it
-    ov.save_model(model, staged / "openvino_model.xml", compress_to_fp16=False)
-    del model
-    for name in ("openvino_model.xml", "openvino_model.bin"):
-        (staged / name).replace(folder / name)
-    staged.rmdir()
 
 
 def test_an_fp16_ir_altered_after_export_fails_the_gate_against_the_source(exported):

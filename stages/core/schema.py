@@ -72,7 +72,7 @@ class CT2Source(Strict):
 TINY_KINDS = ("llm", "stable-diffusion", "stable-diffusion-xl", "lcm", "clip", "llava")
 
 
-WORLD_KINDS = ("clip", "stable-diffusion")  # the tiny kinds a world trains (stages/core/world_models.py)
+WORLD_KINDS = ("clip", "stable-diffusion", "llava")  # the tiny kinds a world trains (stages/core/world_models.py)
 
 
 class WorldTraining(Strict):
@@ -81,6 +81,7 @@ class WorldTraining(Strict):
     clip_steps: int = Field(default=150, ge=1)
     vae_steps: int = Field(default=300, ge=1)
     unet_steps: int = Field(default=1500, ge=1)
+    llava_steps: int = Field(default=8000, ge=1)
 
 
 class TinySource(Strict):
@@ -88,7 +89,7 @@ class TinySource(Strict):
     weights cannot be downloaded here. Its metrics say nothing about a real model's accuracy."""
 
     type: Literal["tiny"]
-    kind: Literal["llm", "stable-diffusion", "stable-diffusion-xl", "lcm", "clip", "llava"]
+    kind: Literal[TINY_KINDS]
     seed: int = 0
     world: Literal["shapes"] | None = None  # trained on this captioned world (stages/core/world_models.py)
     training: WorldTraining | None = None  # with `world` (its defaults when unset)

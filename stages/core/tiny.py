@@ -336,9 +336,11 @@ def tiny_clip(out: Path, seed: int = 0) -> Path:
     return Path(out)
 
 
+# An image renders as "<image>\n" before the text: the LLaVA-1.5 layout, the one openvino-genai's VLMPipeline builds from
+# a plain question (a model trained on "<image>" + question answered differently through it than in transformers).
 LLAVA_TEMPLATE = (
     "{% for m in messages %}{{ m['role'].upper() }}: {% if m['content'] is string %}"
-    "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
+    "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
     "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}\n{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )

@@ -214,9 +214,6 @@ def drawings_clip_report(pipe, clip, processor, steps: int = 8, seeds=(0, 1)) ->
     return {f"drawn_{k}": v for k, v in heldout_clip_report(clip, processor, images, captions).items()}
 
 
-WORLD_BUILDERS = {"clip": train_clip, "stable-diffusion": train_stable_diffusion}
-
-
 def llava_example_texts(processor, scene, question: str) -> tuple[str, str]:
     """(prompt, answer) as VLMPipeline and TorchVLM prompt: the chat template over a user turn of the image then
     the question; the answer ends with the tokenizer's EOS so that generation stops."""
@@ -242,30 +239,31 @@ def llava_token_rows(processor, scenes) -> dict[tuple[str, str], tuple[list[int]
     return rows
 
 
-def fit_llava(seed: int = 0, steps: int = 400, pool: int = 600, batch: int = 24, clip_steps: int = 150):
-    """A tiny LLaVA (stages.core.tiny) trained from scratch to answer shapes.QUESTIONS about world images, loss
-    on the answer tokens only; returns (model, processor, report with held-out exact-match accuracy)."""
+def fit_llava(seed: int = 0, steps: int = 8000, pool: int = 12000, batch: int = 24):
+    """A tiny LLaVA (stages.core.tiny) trained from scratch to answer shapes.QUESTIONS about world images, loss on
+    the answer tokens only, one-cycle learning rate; returns (model, processor, report with held-out exact-match
+    accuracy). Colour is learned in a few hundred steps, shape needs thousands and a pool it cannot memorise
+    (600 images: shape 0.5 held-out; 8000 images, 4000 steps: 0.71; 12000 images, 8000 steps: 0.85)."""
     import torch
 
     from stages.core.tiny import llava_model, llava_processor, tiny_tokenizer
 
-    clip, _, _ = fit_clip(seed, clip_steps)
     deterministic_torch(seed)
     processor = llava_processor(tiny_tokenizer(), CLIP_SIZE)
-    model = llava_model(processor.tokenizer, clip.config.vision_config, feature_layer=-1)
-    model.model.vision_tower.vision_model.load_state_dict(clip.vision_model.state_dict())
+    model = llava_model(processor.tokenizer, feature_layer=-1)
     train = shapes.scenes("train", pool)
-    pixels = processor.image_processor(
-        images=[shapes.render(s, 256) for s in train], return_tensors="pt"
-    )["pixel_values"]
+    pixels = processor.image_processor(images=[shapes.render(s, 256) for s in train], return_tensors="pt")[
+        "pixel_values"
+    ]
     rows = llava_token_rows(processor, train)
     questions = list(shapes.QUESTIONS)
     pad = processor.tokenizer.pad_token_id
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     model.train()
-    for _ in tqdm(range(steps), desc="train world LLaVA", unit="step"):
+    for _ in tqdm(range(steps), desc="train world LLaVA", unit="step", mininterval=10):
         picks = torch.randint(pool, (batch,), generator=generator).tolist()
         asked = torch.randint(len(questions), (batch,), generator=generator).tolist()
         examples = [rows[(questions[q], train[i].answer(questions[q]))] for i, q in zip(picks, asked)]
@@ -281,11 +279,21 @@ def fit_llava(seed: int = 0, steps: int = 400, pool: int = 600, batch: int = 24,
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
     seconds = time.perf_counter() - start
     model.eval()
     heldout = shapes.scenes("heldout", 48)
-    report = {"train_seconds": round(seconds, 1), "steps": steps, "final_loss": float(loss.detach())}
-    return model, processor, report | heldout_vlm_report(model, processor, heldout, [shapes.render(s, 256) for s in heldout])
+    report = {"train_seconds": round(seconds, 1), "steps": steps, "pool": pool, "final_loss": float(loss.detach())}
+    images = [shapes.render(s, 256) for s in heldout]
+    return model, processor, report | heldout_vlm_report(model, processor, heldout, images)
+
+
+def train_llava(out: Path, seed: int, training) -> dict:
+    """The world's LLaVA, saved with its processor (training: stages.core.schema.WorldTraining)."""
+    model, processor, report = fit_llava(seed, training.llava_steps)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    return {"world": "shapes", "training": training.model_dump(), "llava": report}
 
 
 def heldout_vlm_report(model, processor, scenes, images) -> dict[str, float]:
@@ -304,3 +312,6 @@ def heldout_vlm_report(model, processor, scenes, images) -> dict[str, float]:
             right.append((question, answer == scene.answer(question)))
     by_question = {f"accuracy[{q}]": m.share(ok for asked, ok in right if asked == q) for q in shapes.QUESTIONS}
     return {"heldout_questions": float(len(right)), "answer_accuracy": m.share(ok for _, ok in right), **by_question}
+
+
+WORLD_BUILDERS = {"clip": train_clip, "stable-diffusion": train_stable_diffusion, "llava": train_llava}

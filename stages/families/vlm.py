@@ -1,6 +1,7 @@
 """Vision-language models (LLaVA, MiniCPM-V, ...): openvino_genai.VLMPipeline answers a question file about sample
 images; the source checkpoint answers the same questions in transformers fp32. Answers are embedded with a
-sentence-embedding scorer (cosine similarity) and compared by exact match."""
+sentence-embedding scorer (cosine similarity) and compared by exact match; where the true answers are known
+(`answers`, e.g. the shapes world's), every run is also scored against them (answer_accuracy)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from stages.core import metrics as m
+from stages.core.errors import BuildError
 from stages.core.images import load_image
 from stages.core.paths import source_manifest_path
 from stages.core.schema import Strict, Variant
@@ -28,6 +30,8 @@ class VLMSettings(Strict):
     reference: str = "fp16"
     images: list[str] = Field(min_length=1)  # skimage:<name>, matplotlib:<sample file> or a file path
     questions: str  # a `prompt_sets` name (a file or a `datasets` column) or a question file kept in the repo
+    # the true answer of every (image, question), images outer, in the same order; scored as answer_accuracy
+    answers: str | None = None
     embedding_model: str  # a `models` entry of family scorer
     max_new_tokens: int = Field(default=32, gt=0)
 
@@ -84,7 +88,7 @@ class VLMFamily(Family):
     task = "image-text-to-text"
     latency_metric = "tpot_ms"
     pipeline_tag = "image-text-to-text"
-    accuracy_metrics = ("answer_similarity", "answer_exact_match")
+    accuracy_metrics = ("answer_accuracy", "answer_similarity", "answer_exact_match")
     comparison_metrics = ("answer_similarity", "answer_exact_match")
     default_rules = ({"metric": "answer_similarity", "against": "source", "min": 0.8},)
     usage = """import numpy as np
@@ -103,19 +107,22 @@ model = OVModelForVisualCausalLM.from_pretrained("{path}")"""
     def check_params(self, settings: VLMSettings, params, key: str) -> None:
         check_scorer(params, settings.embedding_model, f"{key}.embedding_model")
         check_prompt_ref(settings.questions, params.prompt_sets, f"{key}.questions")
+        if settings.answers:
+            check_prompt_ref(settings.answers, params.prompt_sets, f"{key}.answers")
 
     def validation_metrics(self, settings, params, model: str) -> list[str]:
-        return ["answers_nonempty", "questions"]
+        return ["answers_nonempty", "questions"] + (["answer_accuracy"] if settings.answers else [])
 
     def plan_inputs(self, settings: VLMSettings, params, model: str) -> dict[str, Path]:
         files = {
             "questions": prompts_path(settings.questions),
+            **({"answers": prompts_path(settings.answers)} if settings.answers else {}),
             f"scorer:{settings.embedding_model}": source_manifest_path(settings.embedding_model),
         }
         return files | {f"image:{spec}": Path(spec) for spec in settings.images if ":" not in spec}
 
     def report_metrics(self, settings) -> list[str]:
-        return ["answer_similarity", "answer_exact_match", "answers_nonempty"]
+        return ["answer_accuracy", "answer_similarity", "answer_exact_match", "answers_nonempty"]
 
     def device_options(self, device: str, variant, emulation: dict) -> dict:
         """VLMPipeline drives NPUW itself on the NPU (the language model; vision and embeddings stay on CPU)."""
@@ -135,9 +142,21 @@ model = OVModelForVisualCausalLM.from_pretrained("{path}")"""
         questions = read_prompts(s.questions, "validate.vlm.questions", "question")
         return [(image, q) for image in s.images for q in questions]
 
+    def true_answers(self, s: VLMSettings, jobs: list[tuple[str, str]]) -> list[str] | None:
+        if not s.answers:
+            return None
+        truth = read_prompts(s.answers, "validate.vlm.answers", "answer")
+        if len(truth) != len(jobs):
+            raise BuildError(
+                f"validate.vlm.answers: {prompts_path(s.answers)} has {len(truth)} answers for {len(jobs)} "
+                f"(image, question) pairs ({len(s.images)} images x {len(jobs) // len(s.images)} questions)"
+            )
+        return truth
+
     def _answer_all(self, answer, ctx: RunContext, label: str) -> Validation:
         s: VLMSettings = ctx.settings
         jobs = self.jobs(s)
+        truth = self.true_answers(s, jobs)
         images = {spec: load_image(spec) for spec in s.images}
         answers = [
             {"image": spec, "question": q, "answer": answer(images[spec], q).strip()}
@@ -147,8 +166,13 @@ model = OVModelForVisualCausalLM.from_pretrained("{path}")"""
         embeddings = SentenceEmbedder(ctx.scorers[s.embedding_model]).encode([a["answer"] for a in answers])
         for a, e in zip(answers, embeddings):
             a["embedding"] = [round(float(x), 6) for x in e]
+        metrics = {"answers_nonempty": m.share(a["answer"] for a in answers), "questions": float(len(answers))}
+        if truth:
+            for a, t in zip(answers, truth):
+                a["expected"] = t
+            metrics["answer_accuracy"] = m.share(a["answer"].lower() == a["expected"].lower() for a in answers)
         return Validation(
-            metrics={"answers_nonempty": m.share(a["answer"] for a in answers), "questions": float(len(answers))},
+            metrics=metrics,
             outputs={"answers": answers},
             info={"images": s.images, "questions": len(jobs) // len(s.images), "embedding_model": s.embedding_model},
         )
