@@ -95,12 +95,17 @@ def fit_clip(seed: int = 0, steps: int = 150, pool: int = 600):
     return model, processor, report | heldout_clip_report(model, processor, images, captions)
 
 
-def train_clip(out: Path, seed: int, training) -> dict:
-    """The world's CLIP scorer, saved with its processor (training: stages.core.schema.WorldTraining)."""
-    model, processor, report = fit_clip(seed, training.clip_steps)
+def saved(out: Path, fitted, training, part: str) -> dict:
+    """Save a fitted (model, processor, report) as a checkpoint; its manifest entry (training: WorldTraining)."""
+    model, processor, report = fitted
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
-    return {"world": "shapes", "training": training.model_dump(), "clip": report}
+    return {"world": "shapes", "training": training.model_dump(), part: report}
+
+
+def train_clip(out: Path, seed: int, training) -> dict:
+    """The world's CLIP scorer."""
+    return saved(out, fit_clip(seed, training.clip_steps), training, "clip")
 
 
 def world_images(split: str, count: int, size: int):
@@ -289,11 +294,8 @@ def fit_llava(seed: int = 0, steps: int = 8000, pool: int = 12000, batch: int = 
 
 
 def train_llava(out: Path, seed: int, training) -> dict:
-    """The world's LLaVA, saved with its processor (training: stages.core.schema.WorldTraining)."""
-    model, processor, report = fit_llava(seed, training.llava_steps)
-    model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
-    return {"world": "shapes", "training": training.model_dump(), "llava": report}
+    """The world's LLaVA."""
+    return saved(out, fit_llava(seed, training.llava_steps), training, "llava")
 
 
 def heldout_vlm_report(model, processor, scenes, images) -> dict[str, float]:
