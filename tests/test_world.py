@@ -131,7 +131,7 @@ def test_world_models_record_training_and_heldout_scores(world_project):
 
     root, _ = world_project
     sd = json.loads((root / "data/sources/world-sd.json").read_text())
-    assert sd["random_init"] is False and sd["trained"]["training"] == WORLD_TRAINING
+    assert sd["random_init"] is False and WORLD_TRAINING.items() <= sd["trained"]["training"].items()
     assert sd["trained"]["clip"]["clip_score_gap"] > 20  # held-out images
     assert sd["trained"]["stable_diffusion"]["drawn_clip_score_gap"] > 0  # its own drawings, diffusers
 
