@@ -6,7 +6,8 @@ their devices; record what does not depend on the host's speed in metrics/valida
 
 Headline metrics come from the sweep's best setting (highest acceptance with identical output for the accuracy
 record, fastest for the speed record); the whole sweep is recorded beside them. A pair refused by the pair stage
-is recorded as `refused` (with its diff); a missing device as `not_validated`.
+is recorded as `refused` (with its diff); a missing device as `not_validated`; the speed record as `skipped` when
+`validate.performance` is false.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def validate_pair(params: Params, name: str, speed: bool = False) -> dict:
             "reason": f"{'EAGLE3' if record['draft_kind'] == 'eagle3' else 'tokenizer'} check refused the draft",
             "problems": pairing["tokenizer_check"]["problems"] + pairing.get("eagle3_check", {}).get("problems", []),
         }
+    elif speed and not params.validate_.performance:
+        record |= {"status": "skipped", "reason": "validate.performance is false"}
     elif missing:
         record |= {
             "status": "not_validated",

@@ -101,6 +101,9 @@ def test_default_pipeline_on_real_smollm2(tmp_path):
     lookup = json.loads((tmp_path / "metrics/validate/pairs/smollm2-lookup-code.json").read_text())
     assert lookup["status"] == "validated" and lookup["metrics"]["output_match"] == 1.0, lookup
     assert lookup["metrics"]["tokens_per_step"] > 1.2 and lookup["metrics"]["acceptance_rate"] is None
+    for name in ("smollm2-d10", "smollm2-lookup-code"):  # validate.performance: false skips the speed sweeps too
+        speed = json.loads((tmp_path / f"metrics/perf/pairs/{name}.json").read_text())
+        assert speed["status"] == "skipped" and not speed["metrics"] and "sweep" not in speed, speed
 
     gate = json.loads((tmp_path / "metrics/gate.json").read_text())
     assert gate["passed"], [r for r in gate["rows"] if r["status"] == "fail"]

@@ -56,19 +56,19 @@ def against_diffusers(root: Path, artifact: Path, ctx: RunContext) -> dict:
     return {"ssim": result.metrics["ssim"], "worst": result.worst[0]["ssim"], "psnr": result.metrics["psnr"]}
 
 
-def perturbed(artifact: Path, out: Path) -> Path:
-    """A copy of the artifact whose UNet weights carry 30% noise: what a damaged or wrong UNet looks like."""
+def perturbed(artifact: Path, out: Path, component: str = "unet") -> Path:
+    """A copy of the artifact whose component's weights carry 30% noise: what a damaged or wrong one looks like."""
     import openvino as ov
 
     shutil.copytree(artifact, out)
-    model = ov.Core().read_model(artifact / "unet/openvino_model.xml")
+    model = ov.Core().read_model(artifact / component / "openvino_model.xml")
     rng = np.random.default_rng(0)
     for node in model.get_ordered_ops():
-        if node.get_type_name() == "Constant" and node.get_element_type() == ov.Type.f16:
+        if node.get_type_name() == "Constant" and node.get_element_type() == ov.Type.f16 and node.get_data().ndim:
             w = node.get_data().astype(np.float32)
             noisy = w + 0.3 * w.std() * rng.standard_normal(w.shape)
             node.output(0).replace(ov.op.Constant(noisy.astype(np.float16)).output(0))
-    ov.save_model(model, out / "unet/openvino_model.xml", compress_to_fp16=False)
+    ov.save_model(model, out / component / "openvino_model.xml", compress_to_fp16=False)
     return out
 
 
@@ -124,3 +124,21 @@ def test_a_broken_unet_falls_below_the_floor(built, ctx, tmp_path):
     sim = against_diffusers(root, perturbed(root / "fp16", tmp_path / "broken"), ctx)
     print(kind, "broken", sim)
     assert sim["worst"] < 0.9, sim
+
+
+def test_a_broken_prompt_encoder_falls_below_the_floor(built, ctx, tmp_path):
+    """The prompt's path is checked too: the LCM reads it only through the UNet's cross-attention. (The test's name
+    avoids "text_encoder": pytest puts it in tmp_path, where openvino-genai would trip over it.)"""
+    kind, root = built
+    sim = against_diffusers(root, perturbed(root / "fp16", tmp_path / "broken", "text_encoder"), ctx)
+    print(kind, "broken text encoder", sim)
+    assert sim["worst"] < FLOOR, sim
+
+
+def test_a_path_genai_cannot_load_is_one_clear_error(built, ctx, tmp_path):
+    from stages.core.errors import BuildError
+
+    kind, root = built
+    shutil.copytree(root / "fp16", tmp_path / "text_encoder_models" / "fp16")
+    with pytest.raises(BuildError, match="contains 'text_encoder'"):
+        family.validate(tmp_path / "text_encoder_models" / "fp16", "CPU", ctx)

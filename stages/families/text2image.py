@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from stages.core import metrics as m
-from stages.core.errors import user_input
+from stages.core.errors import BuildError, user_input
 from stages.core.images import load_image as load_image_ref
 from stages.core.paths import source_manifest_path
 from stages.core.schema import Strict, device_kind
@@ -128,9 +128,23 @@ def png_bytes(image) -> bytes:
     return buf.getvalue()
 
 
+def genai_loadable(artifact: Path) -> Path:
+    """The artifact, or one clear error where openvino-genai would fail later: its image pipelines find the tokenizer
+    by replacing "text_encoder" in the text encoder's whole path, so a folder of that name above the artifact sends
+    them to a tokenizer that does not exist ("Tokenizer::encode is not available" at the first prompt)."""
+    if "text_encoder" in artifact.resolve().parent.as_posix():
+        raise BuildError(
+            f"{artifact}: openvino-genai cannot load an image pipeline whose path contains 'text_encoder' above the "
+            "artifact (it looks for the tokenizer at that path with 'text_encoder' replaced); rename the folder"
+        )
+    return artifact
+
+
 def image_pipeline(artifact: Path, device: str, ctx: RunContext, adapters=()):
     """On a static-shape device (NPU) the pipeline is reshaped to the validation size before it compiles."""
     import openvino_genai as ov_genai
+
+    artifact = genai_loadable(artifact)
 
     if device_kind(device) != "NPU":
         return ov_genai.Text2ImagePipeline(
@@ -192,6 +206,7 @@ def edit_pipelines(artifact: Path, device: str, ctx: RunContext, modes) -> dict:
 
     if not modes:
         return {}
+    artifact = genai_loadable(artifact)
     inpainting = ov_genai.InpaintingPipeline(str(artifact), device, **ctx.pipeline_config())
     pipes = {"inpainting": inpainting, "image2image": ov_genai.Image2ImagePipeline(inpainting)}
     return {mode: pipes[mode] for mode in modes}
