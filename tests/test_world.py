@@ -233,3 +233,27 @@ def test_a_broken_vlm_language_model_fails_the_gate_against_the_source(llava_pro
     assert failed == {("world-llava/fp16", "answer_exact_match", "source")}, failed
     fp16 = json.loads((root / "metrics/validate/world-llava/fp16.json").read_text())["devices"]["CPU"]["metrics"]
     assert 0 <= fp16["answer_accuracy"] <= 1
+
+
+@pytest.mark.fast
+def test_an_answers_file_of_the_wrong_length_is_one_clear_error(tmp_path):
+    """Every (image, question) needs its true answer: a short or long file names the key and both counts."""
+    from stages.core.errors import BuildError
+    from stages.families import get_family
+    from stages.families.vlm import VLMSettings
+
+    (tmp_path / "q.txt").write_text("What colour is the shape?\nWhat shape is it?\n")
+    (tmp_path / "a.txt").write_text("red\ncircle\nblue\n")
+    s = VLMSettings(
+        images=["shapes:heldout:0", "shapes:heldout:1"],
+        questions=str(tmp_path / "q.txt"),
+        answers=str(tmp_path / "a.txt"),
+        embedding_model="minilm",
+    )
+    vlm = get_family("vlm")
+    with pytest.raises(
+        BuildError, match=r"validate.vlm.answers: .*a.txt has 3 answers for 4 \(image, question\) pairs"
+    ):
+        vlm.true_answers(s, vlm.jobs(s))
+    (tmp_path / "a.txt").write_text("red\ncircle\nblue\nsquare\n")
+    assert vlm.true_answers(s, vlm.jobs(s)) == ["red", "circle", "blue", "square"]
