@@ -90,7 +90,7 @@ def test_derived_draft_is_pruned_distilled_and_shares_the_tokenizer(built):
     ).read_bytes()
 
 
-def test_compatible_pair_is_validated_with_identical_greedy_output(built):
+def test_compatible_pair_is_validated_with_identical_greedy_output(built, tmp_path):
     root, _ = built
     pairing = read(root, "models/pairs/good/pairing.json")
     assert pairing["status"] == "paired" and "OpenVINO encodings" in pairing["tokenizer_check"]["checked"]
@@ -103,6 +103,13 @@ def test_compatible_pair_is_validated_with_identical_greedy_output(built):
         {k: s[k] for k in ("num_assistant_tokens", "assistant_confidence_threshold") if k in s} for s in rec["sweep"]
     ]
     assert rec["best_setting"] in settings
+    skipped = read(root, "metrics/perf/pairs/good.json")  # the project sets validate.performance: false
+    assert skipped["status"] == "skipped" and not skipped["metrics"], skipped
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["validate"]["performance"] = True
+    run_stage(
+        "stages.speculative", "--pair", "good", "--speed", "--params", str(write_params(tmp_path, params)), cwd=root
+    )
     perf = read(root, "metrics/perf/pairs/good.json")
     assert perf["metrics"]["tpot_ms"] > 0 and perf["baseline"]["tpot_ms"] > 0 and perf["metrics"]["tpot_speedup"] > 0
     assert [s.get("num_assistant_tokens", s.get("assistant_confidence_threshold")) for s in rec["sweep"]] == [2, 4, 0.3]
